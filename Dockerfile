@@ -1,0 +1,31 @@
+# No Docker engine runs where this project is built, so this file cannot be built there: it
+# repeats the install commands CI runs by calling the same Makefile targets, so the two cannot
+# drift. `make install` is what `make test` installs; `make install-serve` is `.[serve]` alone.
+
+FROM python:3.11-slim AS source
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends make \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /app
+COPY pyproject.toml Makefile README.md ./
+COPY touchstone ./touchstone
+COPY training ./training
+COPY serving ./serving
+ENV NO_ALBUMENTATIONS_UPDATE=1 MLFLOW_DISABLE_TELEMETRY=true HF_HUB_OFFLINE=1
+
+# Training, evaluation and the test suite: torch, timm, MLflow and the rest.
+FROM source AS train
+COPY configs ./configs
+COPY tests ./tests
+RUN make install PYTHON=python3.11
+ENV PATH=/app/.venv/bin:$PATH
+CMD ["touchstone", "--help"]
+
+# Serving: `.[serve]` only, never torch; runs as a non-root user.
+FROM source AS serve
+COPY configs ./configs
+RUN make install-serve PYTHON=python3.11 \
+    && useradd --create-home --uid 10001 touchstone
+USER touchstone
+ENV PATH=/app/.venv/bin:$PATH
+CMD ["touchstone", "--help"]

@@ -1,0 +1,1 @@
+"""Touchstone: image-based authentication and appraisal of second-hand luxury goods."""

@@ -1,0 +1,12 @@
+"""The `touchstone` command. Each group is a thin client of the library underneath it."""
+
+import typer
+
+from touchstone.cli.data import app as data_app
+
+app = typer.Typer(
+    help="Touchstone: image-based authentication and appraisal of second-hand luxury goods.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(data_app, name="data")
