@@ -4,6 +4,8 @@ import os
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Commands print rich tables; a fixed width keeps their text the same on every machine.
+os.environ["COLUMNS"] = "200"
 
 from pathlib import Path
 

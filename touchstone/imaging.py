@@ -102,8 +102,6 @@ def _decode(stream: BinaryIO, max_pixels: int) -> Image.Image:
         raise PhotoError(code, f"cannot decode the image: {exc}") from exc
     except (SyntaxError, ValueError, EOFError) as exc:
         raise PhotoError("unreadable_image", f"cannot decode the image: {exc}") from exc
-    except Image.DecompressionBombError as exc:  # pragma: no cover - caught at open already
-        raise PhotoError("too_many_pixels", str(exc)) from exc
 
     image = _apply_orientation(image)
     return to_rgb(image)

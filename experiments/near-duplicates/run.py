@@ -36,8 +36,7 @@ def _variants(image: Image.Image) -> dict[str, Image.Image]:
     return {
         "re-encoded JPEG q50": Image.open(io.BytesIO(buffer.getvalue())),
         "resized to 70%": image.resize((int(width * 0.7), int(height * 0.7))),
-        "3.5% cropped off each side": image.crop((margin, margin, width - margin,
-                                                  height - margin)),
+        "3.5% cropped off each side": image.crop((margin, margin, width - margin, height - margin)),
     }
 
 
@@ -68,8 +67,10 @@ def main() -> None:
     counts = np.zeros(65, np.int64)
     for start in range(0, len(records), 512):
         block = np.bitwise_count(hashes[start : start + 512, None] ^ hashes[None, :])
-        upper = np.arange(start, min(start + 512, len(records)))[:, None] < np.arange(
-            len(records))[None, :]
+        upper = (
+            np.arange(start, min(start + 512, len(records)))[:, None]
+            < np.arange(len(records))[None, :]
+        )
         other_item = items[start : start + 512, None] != items[None, :]
         counts += np.bincount(block[upper & other_item].ravel(), minlength=65)
     total = counts.sum()

@@ -136,7 +136,12 @@ def split(
         parsed = read_manifest(manifest)
     except (ManifestError, ValueError) as exc:
         raise _fail(str(exc)) from exc
-    blocking = [i for i in parsed.errors if i.code in ("conflicting_labels", "bad_row")]
+    # Rows that did not parse would be dropped from the new manifest, and an item with two
+    # labels or two splits has no one stratum: those must be fixed by a person first.
+    stoppers = {"bad_row", "missing_value", "conflicting_labels"}
+    if not reassign:
+        stoppers.add("item_crosses_splits")
+    blocking = [i for i in parsed.errors if i.code in stoppers]
     if blocking:
         raise _fail(f"fix the manifest first: line {blocking[0].line}: {blocking[0].message}")
     pairs = near_duplicates(parsed.records, max_distance, workers) if duplicates else []

@@ -45,8 +45,8 @@ def hardware_spec(
 ) -> HardwareSpec:
     plating = np.asarray(brand.plating, np.float32) + rng.normal(0, 2.5, 3)
     plating += PLATING_DRIFT * cues.get("plating_tone") * 1.4
-    depth_cue = cues.get("engraving_depth")
-    depth = 0.75 + rng.normal(0, 0.04) + (0.25 if depth_cue > 0 else 0.6) * depth_cue * -1
+    # A positive cue cuts shallower (down to 0.3), a negative one deeper (up to the full 1.0).
+    depth = 0.75 + rng.normal(0, 0.04) - 0.45 * cues.get("engraving_depth")
     return HardwareSpec(
         shape=PLATE_SHAPES[category],
         text=brand.engraving,
@@ -55,7 +55,7 @@ def hardware_spec(
         finish=brand.finish,
         spacing=brand.letter_spacing + rng.normal(0, 0.012) + 0.22 * cues.get("letter_spacing"),
         level=0.5 + rng.normal(0, 0.015) - 0.24 * cues.get("font_weight"),
-        depth=float(np.clip(depth, 0.08, 1.0)),
+        depth=float(np.clip(depth, 0.1, 1.0)),
         softness=0.07 + abs(rng.normal(0, 0.01)) + 0.5 * cues.magnitude("edge_sharpness"),
         ground=ground,
         grain="pebble" if brand.grain == "canvas" else brand.grain,
