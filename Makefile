@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 
 DEMO_DIR ?= experiments/demo
 
-.PHONY: install install-serve test lint demo clean
+.PHONY: install install-serve test lint demo clean mlflow-ui
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,12 @@ demo: $(STAMP)
 	$(BIN)/touchstone data synth --config configs/synthetic-standard.yaml --out $(DEMO_DIR)/data
 	$(BIN)/touchstone data validate $(DEMO_DIR)/data/manifest.csv
 	$(BIN)/touchstone data sheet $(DEMO_DIR)/data/manifest.csv --out $(DEMO_DIR)/sheet.png
+	rm -rf $(DEMO_DIR)/run
+	$(BIN)/touchstone train --config configs/cpu-small.yaml --data $(DEMO_DIR)/data/manifest.csv --out $(DEMO_DIR)/run
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache
+
+# The tracking store of every run: http://127.0.0.1:5000
+mlflow-ui: $(STAMP)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///experiments/mlflow.db --port 5000

@@ -189,3 +189,38 @@ def test_console_script_is_installed() -> None:
     assert result.returncode == 0
     for command in ("validate", "split", "import", "synth", "sheet"):
         assert command in result.stdout
+
+
+def test_train_refuses_a_bad_config_naming_the_key(tmp_path: Path, tiny_synthetic: Path) -> None:
+    code, output = _run(
+        "train",
+        "--data",
+        str(tiny_synthetic),
+        "--out",
+        str(tmp_path / "r"),
+        "--set",
+        "optim.epohcs=2",
+    )
+    assert code == 2 and "optim.epohcs" in output
+    code, output = _run(
+        "train",
+        "--data",
+        str(tmp_path / "absent.csv"),
+        "--out",
+        str(tmp_path / "r"),
+        "--set",
+        "model.arch=test_resnet",
+    )
+    assert code == 2 and "no such manifest" in output
+    code, output = _run(
+        "train",
+        "--data",
+        str(tiny_synthetic),
+        "--out",
+        str(tmp_path / "r"),
+        "--set",
+        "model.arch=resnet18",
+        "--set",
+        "model.pretrained=file",
+    )
+    assert code == 2 and "pretrained_file" in output

@@ -3,6 +3,7 @@
 import typer
 
 from touchstone.cli.data import app as data_app
+from touchstone.cli.train import train
 
 app = typer.Typer(
     help="Touchstone: image-based authentication and appraisal of second-hand luxury goods.",
@@ -10,3 +11,4 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(data_app, name="data")
+app.command("train")(train)

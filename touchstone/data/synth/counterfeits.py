@@ -31,6 +31,11 @@ REGION_CUES: dict[str, tuple[str, ...]] = {
     "logo": ("proportions", "spacing", "alignment", "print_quality"),
 }
 
+# Fakes fail in typical directions: cast or re-stamped marks come out bolder, shallower and
+# softer, cheap plating drifts brassy, machine stitching lies flatter than hand-slanted saddle
+# stitching. These cues only ever move one way; the ones below go either way.
+TWO_WAY_CUES = frozenset({"letter_spacing", "thread_width", "proportions", "spacing"})
+
 
 @dataclass(frozen=True)
 class Difficulty:
@@ -99,5 +104,6 @@ def _spread(rng: np.random.Generator, region: str, strength: float) -> RegionCue
         else:
             weight = float(rng.uniform(0.0, 0.6)) if rng.random() < 0.5 else 0.0
         cues[name] = round(strength * weight, 4)
-        signs[name] = 1.0 if rng.random() < 0.5 else -1.0
+        two_ways = name in TWO_WAY_CUES
+        signs[name] = -1.0 if two_ways and rng.random() < 0.5 else 1.0
     return RegionCues(round(strength, 4), cues, signs)

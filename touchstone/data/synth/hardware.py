@@ -44,19 +44,19 @@ def hardware_spec(
     cues: RegionCues,
 ) -> HardwareSpec:
     plating = np.asarray(brand.plating, np.float32) + rng.normal(0, 2.5, 3)
-    plating += PLATING_DRIFT * cues.get("plating_tone") * 1.4
-    # A positive cue cuts shallower (down to 0.3), a negative one deeper (up to the full 1.0).
-    depth = 0.75 + rng.normal(0, 0.04) - 0.45 * cues.get("engraving_depth")
+    plating += PLATING_DRIFT * cues.get("plating_tone") * 2.2
+    # Fakes cut shallower: down to 0.2 of the full depth at the strongest cue.
+    depth = 0.75 + rng.normal(0, 0.04) - 0.55 * cues.get("engraving_depth")
     return HardwareSpec(
         shape=PLATE_SHAPES[category],
         text=brand.engraving,
         serial="".join(str(d) for d in rng.integers(0, 10, 5)),
         plating=tuple(float(c) for c in np.clip(plating, 0, 255)),
         finish=brand.finish,
-        spacing=brand.letter_spacing + rng.normal(0, 0.012) + 0.22 * cues.get("letter_spacing"),
-        level=0.5 + rng.normal(0, 0.015) - 0.24 * cues.get("font_weight"),
+        spacing=brand.letter_spacing + rng.normal(0, 0.012) + 0.35 * cues.get("letter_spacing"),
+        level=0.5 + rng.normal(0, 0.015) - 0.30 * cues.get("font_weight"),
         depth=float(np.clip(depth, 0.1, 1.0)),
-        softness=0.07 + abs(rng.normal(0, 0.01)) + 0.5 * cues.magnitude("edge_sharpness"),
+        softness=0.07 + abs(rng.normal(0, 0.01)) + 0.8 * cues.magnitude("edge_sharpness"),
         ground=ground,
         grain="pebble" if brand.grain == "canvas" else brand.grain,
     )
@@ -111,7 +111,7 @@ def _engraving(
 ) -> tuple[np.ndarray, int, int]:
     """The blurred glyphs of the brand name and serial, on a patch just large enough."""
     x0, y0, x1, y1 = box
-    size = int(0.13 * side)
+    size = int(0.15 * side)
     # Long names get a smaller font so the word fits the plate, as on real hardware.
     fit = 0.74 * (x1 - x0) / drawing.text_width(spec.text, size, 0.16)
     size = max(8, int(size * min(1.0, fit)))

