@@ -7,11 +7,13 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
+from touchstone.data.manifest import load_manifest
 from training import checkpoints
 from training.config import load_config
 from training.loop import TrainingError, train
@@ -196,3 +198,14 @@ def test_a_finished_run_is_not_overwritten(tmp_path: Path, tiny_synthetic: Path)
     train(config, tiny_synthetic, tmp_path / "done")
     with pytest.raises(TrainingError, match="already holds a run"):
         train(config, tiny_synthetic, tmp_path / "done")
+
+
+def test_class_balance_by_weights_or_by_sampling(tmp_path: Path, tiny_synthetic: Path) -> None:
+    from training.data import class_weights
+
+    records = [r for r in load_manifest(tiny_synthetic).records][:4]
+    labels = ["authentic", "authentic", "authentic", "counterfeit"]
+    weights = class_weights([replace(r, label=lab) for r, lab in zip(records, labels, strict=True)])
+    assert weights == pytest.approx({"authentic": 4 / 6, "counterfeit": 2.0})
+    config = load_config(TINY, ["tracking.enabled=false", "optim.epochs=1", "data.balance=sampler"])
+    assert train(config, tiny_synthetic, tmp_path / "sampled").epochs_run == 1
