@@ -94,5 +94,9 @@ def test_config_typos_and_overrides(tmp_path: Path) -> None:
         load_config(config, ["data.balanse=none"])
     with pytest.raises(ConfigError, match=r"optim\.lr"):
         load_config(config, ["optim.lr=-1"])
+    with pytest.raises(ConfigError, match="unknown augmentation"):
+        load_config(config, ["data.augment=heavy"])
+    with pytest.raises(ConfigError, match="add up to 1"):
+        load_config(config, ["data.fractions=[0.5, 0.5, 0.5, 0.0]"])
     with pytest.raises(ConfigError, match=r"key\.sub=value"):
         load_config(config, ["optim.lr"])

@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from touchstone.data.splitting import parse_fractions
 
 
 class _Strict(BaseModel):
@@ -39,7 +41,23 @@ class DataConfig(_Strict):
     # class_weights: weight the loss by inverse label frequency; sampler: draw balanced
     # batches (one process only; under torchrun it falls back to class weights).
     balance: Literal["none", "class_weights", "sampler"] = "class_weights"
+    # Used only when the manifest has no splits: train, val, calib, test.
     fractions: tuple[float, float, float, float] = (0.7, 0.1, 0.1, 0.1)
+
+    @field_validator("augment")
+    @classmethod
+    def _known_recipe(cls, name: str) -> str:
+        from training.augment import list_recipes
+
+        if name not in list_recipes():
+            raise ValueError(f"unknown augmentation {name!r}; known: {', '.join(list_recipes())}")
+        return name
+
+    @field_validator("fractions")
+    @classmethod
+    def _fractions_add_up(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        parse_fractions(value)  # raises ValueError with the reason
+        return value
 
 
 class OptimConfig(_Strict):
