@@ -40,8 +40,11 @@ demo: $(STAMP)
 	$(BIN)/touchstone data synth --config configs/synthetic-standard.yaml --out $(DEMO_DIR)/data
 	$(BIN)/touchstone data validate $(DEMO_DIR)/data/manifest.csv
 	$(BIN)/touchstone data sheet $(DEMO_DIR)/data/manifest.csv --out $(DEMO_DIR)/sheet.png
-	rm -rf $(DEMO_DIR)/run
+	rm -rf $(DEMO_DIR)/run $(DEMO_DIR)/model $(DEMO_DIR)/evaluation
 	$(BIN)/touchstone train --config configs/cpu-small.yaml --data $(DEMO_DIR)/data/manifest.csv --out $(DEMO_DIR)/run
+	$(BIN)/touchstone data synth --config configs/synthetic-holdout.yaml --out $(DEMO_DIR)/holdout
+	$(BIN)/touchstone export --run $(DEMO_DIR)/run --data $(DEMO_DIR)/holdout/manifest.csv --out $(DEMO_DIR)/model
+	$(BIN)/touchstone evaluate --model $(DEMO_DIR)/model --data $(DEMO_DIR)/holdout/manifest.csv --split test --out $(DEMO_DIR)/evaluation
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

@@ -36,9 +36,12 @@ from training import checkpoints
 from training.config import TrainConfig, dump_config
 from training.data import RegionPhotos, class_weights, eval_loader, train_loader
 from training.distributed import World, broadcast, gather, init_world, shutdown
+from training.evaluation import evaluate, fit_policy
 from training.metrics import photo_metrics
-from training.models import AuthenticityNet, BuiltModel, create_model
+from training.models import AuthenticityNet, BuiltModel, create_model, torch_predict
 from training.plots import plot_history, plot_regions
+from training.report import decision_table, write_report
+from training.scoring import score_records
 from training.tracking import (
     MlflowTracker,
     NullTracker,
@@ -66,6 +69,7 @@ class TrainResult:
     images_per_second: float = 0.0
     mlflow_run_id: str | None = None
     model_version: str | None = None
+    evaluation: dict[str, Any] = field(default_factory=dict)
 
 
 def train(
@@ -420,6 +424,11 @@ class Trainer:
             "config": self.config.model_dump(mode="json"),
             "metrics": self.result.best,
             "manifest_sha256": self.manifest.content_hash(),
+            # Where export finds the data to calibrate on, and the run to attach the model to.
+            "manifest_path": str(self.manifest.path.resolve()),
+            "categories": sorted({r.category for r in self.splits["train"] if r.category}),
+            "run_dir": str(self.out.resolve()),
+            "mlflow_run_id": self.result.mlflow_run_id,
         }
 
     def _resume(self) -> None:
@@ -488,10 +497,59 @@ class Trainer:
             size = self.built.preprocessing.input_size
             example = np.zeros((1, 3, size, size), np.float32)
             self.result.model_version = self.tracker.register_model(net, example)
+            self._evaluate(net)
         summary = {k: v for k, v in asdict(self.result).items() if k != "run_dir"}
         (self.out / "metrics.json").write_text(json.dumps(summary, indent=2, default=str))
         self.tracker.log_artifact(self.out / "metrics.json")
         self.tracker.finish(status)
+
+    def _evaluate(self, net: AuthenticityNet) -> None:
+        """What export will do on the ONNX model, on the best torch weights: the calib split
+        fits the decision policy, test (else val) measures it; the report goes to
+        RUN_DIR/evaluation and MLflow."""
+        held_out = "test" if self.splits.get("test") else "val"
+        if not self.splits.get("calib"):
+            self.console.print("no calib split: item decisions and thresholds are not fitted")
+            return
+        predict = torch_predict(net)
+        prep = self.built.preprocessing
+        calib = score_records(
+            self.splits["calib"],
+            predict,
+            prep,
+            self.regions,
+            console=self.console,
+            description="scoring calib",
+        )
+        policy = fit_policy(calib)
+        scores = score_records(
+            self.splits[held_out],
+            predict,
+            prep,
+            self.regions,
+            console=self.console,
+            description=f"scoring {held_out}",
+        )
+        metrics = evaluate(scores, policy)
+        paths = write_report(
+            metrics, policy, self.out / "evaluation", f"{self.out.name}: {held_out}"
+        )
+        for path in paths.values():
+            self.tracker.log_artifact(path, "evaluation")
+        self.tracker.log_metrics(
+            {
+                f"{held_out}_item_accuracy": metrics["item"]["accuracy"],
+                f"{held_out}_item_auc": metrics["item"]["auc"],
+                f"{held_out}_coverage": metrics["decisions"]["coverage"],
+                f"{held_out}_aurc": metrics["risk_coverage"]["aurc"],
+            },
+            step=self.result.epochs_run,
+        )
+        self.result.evaluation = {
+            "split": held_out,
+            "report": str(paths["report"]),
+            "table": decision_table(metrics),
+        }
 
     def _report(self, row: dict[str, float], improved: bool) -> None:
         mark = " *" if improved else ""

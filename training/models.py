@@ -8,8 +8,10 @@ and serving read the column of the photo's region, so the exported graph needs n
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from timm.data import resolve_model_data_config
 from torch import nn
@@ -54,3 +56,14 @@ def create_model(model: ModelConfig, data: DataConfig, regions: tuple[str, ...])
         crop_pct=data.crop_pct,
     )
     return BuiltModel(AuthenticityNet(backbone, regions), preprocessing)
+
+
+def torch_predict(net: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
+    """The network as `training.scoring` wants it: normalised pixels in, log-odds out."""
+    net = net.eval()
+
+    @torch.no_grad()
+    def predict(batch: np.ndarray) -> np.ndarray:
+        return net(torch.from_numpy(batch)).float().numpy()
+
+    return predict

@@ -3,6 +3,7 @@
 import typer
 
 from touchstone.cli.data import app as data_app
+from touchstone.cli.model import evaluate, export, promote
 from touchstone.cli.train import train
 
 app = typer.Typer(
@@ -12,3 +13,6 @@ app = typer.Typer(
 )
 app.add_typer(data_app, name="data")
 app.command("train")(train)
+app.command("evaluate")(evaluate)
+app.command("export")(export)
+app.command("promote")(promote)

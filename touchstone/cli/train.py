@@ -46,6 +46,12 @@ def train(
             f"registered {settings.tracking.registered_model} version "
             f"{result.model_version} as @candidate (MLflow run {result.mlflow_run_id})"
         )
+    if result.evaluation:
+        from touchstone.cli.model import print_decisions
+
+        split = result.evaluation["split"]
+        print_decisions(result.evaluation["table"], f"{split} split, items, best weights (torch)")
+        console.print(f"evaluation report: {result.evaluation['report']}")
     console.print(f"run directory: {out}")
     if result.interrupted:
         raise typer.Exit(130)
