@@ -21,3 +21,40 @@ def tiny_synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return generate_dataset(
         out, SynthConfig(items=24, seed=3, size=96), workers=1, show_progress=False
     )
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_synthetic: Path) -> Path:
+    """A few steps of a tiny network on the small synthetic set, tracked in its own MLflow
+    store: a finished training run directory."""
+    from training.config import load_config
+    from training.loop import train
+
+    root = tmp_path_factory.mktemp("tiny-run")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        config = load_config(
+            ROOT / "configs" / "tiny-test.yaml",
+            [
+                f"tracking.uri=sqlite:///{root / 'mlflow.db'}",
+                f"tracking.artifact_location={root / 'artifacts'}",
+            ],
+        )
+        result = train(config, tiny_synthetic, root / "run")
+    assert result.evaluation["split"] == "test"
+    return root / "run"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_run: Path) -> Path:
+    """That run exported: model.onnx and model.json."""
+    from training.export import export_run
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        result = export_run(tiny_run, tiny_run.parent / "model")
+    assert result.parity_max_abs_diff <= 1e-4
+    return result.model_dir

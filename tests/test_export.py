@@ -21,42 +21,14 @@ from touchstone.inference import OnnxModel
 from touchstone.model_card import ModelCardError, load_model_dir
 from touchstone.registry import fetch_model_dir, promote
 from training import export as export_module
-from training.config import load_config
 from training.export import ExportError, check_parity, export_onnx, export_run, load_trained
-from training.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 TOUCHSTONE = str(Path(sys.executable).parent / "touchstone")
 
 
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory: pytest.TempPathFactory, tiny_synthetic: Path) -> Path:
-    root = tmp_path_factory.mktemp("export")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        config = load_config(
-            ROOT / "configs" / "tiny-test.yaml",
-            [
-                f"tracking.uri=sqlite:///{root / 'mlflow.db'}",
-                f"tracking.artifact_location={root / 'artifacts'}",
-            ],
-        )
-        result = train(config, tiny_synthetic, root / "run")
-    assert result.evaluation["split"] == "test"
-    return root / "run"
-
-
-@pytest.fixture(scope="module")
-def exported(trained_run: Path) -> Path:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        result = export_run(trained_run, trained_run.parent / "model")
-    assert result.parity_max_abs_diff <= 1e-4
-    return result.model_dir
-
-
-def test_training_writes_an_evaluation_report(trained_run: Path) -> None:
-    folder = trained_run / "evaluation"
+def test_training_writes_an_evaluation_report(tiny_run: Path) -> None:
+    folder = tiny_run / "evaluation"
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["decisions"]["items"] > 0
     assert "ECE" in (folder / "report.md").read_text()
@@ -65,9 +37,9 @@ def test_training_writes_an_evaluation_report(trained_run: Path) -> None:
 
 
 def test_export_writes_a_model_its_card_and_a_report(
-    exported: Path, trained_run: Path, tiny_synthetic: Path
+    tiny_model: Path, tiny_run: Path, tiny_synthetic: Path
 ) -> None:
-    model_dir = load_model_dir(exported)
+    model_dir = load_model_dir(tiny_model)
     card = model_dir.card
     assert card.regions == ("hardware", "stitching", "logo")
     assert card.preprocessing.input_size == 64 and card.preprocessing.mean == (0.5, 0.5, 0.5)
@@ -79,11 +51,11 @@ def test_export_writes_a_model_its_card_and_a_report(
     assert card.thresholds.authentic_at is None
     assert "736" in card.thresholds.evidence["false_authentic"]["reason"]
     assert card.metrics["coverage"] == 0.0
-    assert (exported / "evaluation" / "report.md").exists()
+    assert (tiny_model / "evaluation" / "report.md").exists()
 
     # Served scores are the trained network's scores, through the same preprocessing.
-    model = OnnxModel(exported)
-    trained = load_trained(trained_run)
+    model = OnnxModel(tiny_model)
+    trained = load_trained(tiny_run)
     records = load_manifest(tiny_synthetic).records[:5]
     images = [decode_photo(r.path) for r in records]
     served = model.score(images, [r.region for r in records])
@@ -100,22 +72,20 @@ def test_export_writes_a_model_its_card_and_a_report(
 
 
 def test_registry_candidate_promote_and_load_by_alias(
-    exported: Path, trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_model: Path, tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{trained_run.parent / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tiny_run.parent / 'mlflow.db'}")
     promote("touchstone-authenticity-onnx", "1")
     fetched = fetch_model_dir("models:/touchstone-authenticity-onnx@champion", tmp_path)
-    assert load_model_dir(fetched).card.onnx.sha256 == load_model_dir(exported).card.onnx.sha256
+    assert load_model_dir(fetched).card.onnx.sha256 == load_model_dir(tiny_model).card.onnx.sha256
     shown = subprocess.run(
         [TOUCHSTONE, "promote", "--version", "99"], capture_output=True, text=True, timeout=120
     )
     assert shown.returncode == 2 and "not found" in shown.stdout
 
 
-def test_parity_check_fails_when_the_graph_is_tampered_with(
-    trained_run: Path, tmp_path: Path
-) -> None:
-    trained = load_trained(trained_run)
+def test_parity_check_fails_when_the_graph_is_tampered_with(tiny_run: Path, tmp_path: Path) -> None:
+    trained = load_trained(tiny_run)
     path = tmp_path / "model.onnx"
     export_onnx(trained.net, 64, path)
     assert check_parity(trained.net, path, 64) <= 1e-4
@@ -129,14 +99,14 @@ def test_parity_check_fails_when_the_graph_is_tampered_with(
         check_parity(trained.net, path, 64)
 
 
-def _copy(exported: Path, tmp_path: Path) -> Path:
+def _copy(source: Path, tmp_path: Path) -> Path:
     target = tmp_path / "model"
-    shutil.copytree(exported, target)
+    shutil.copytree(source, target)
     return target
 
 
-def test_a_corrupt_or_mismatched_card_is_refused(exported: Path, tmp_path: Path) -> None:
-    model = _copy(exported, tmp_path)
+def test_a_corrupt_or_mismatched_card_is_refused(tiny_model: Path, tmp_path: Path) -> None:
+    model = _copy(tiny_model, tmp_path)
     card_path = model / "model.json"
     good = json.loads(card_path.read_text())
 
@@ -182,9 +152,9 @@ def test_a_corrupt_or_mismatched_card_is_refused(exported: Path, tmp_path: Path)
 
 
 def test_evaluate_refuses_a_bad_model_directory_with_a_clear_error(
-    exported: Path, tiny_synthetic: Path, tmp_path: Path
+    tiny_model: Path, tiny_synthetic: Path, tmp_path: Path
 ) -> None:
-    model = _copy(exported, tmp_path)
+    model = _copy(tiny_model, tmp_path)
     (model / "model.json").write_text("[]")
     shown = subprocess.run(
         [
@@ -206,7 +176,7 @@ def test_evaluate_refuses_a_bad_model_directory_with_a_clear_error(
 
 
 def test_evaluate_a_foreign_manifest_with_other_regions(
-    exported: Path, tiny_synthetic: Path, tmp_path: Path
+    tiny_model: Path, tiny_synthetic: Path, tmp_path: Path
 ) -> None:
     """Data from elsewhere: its own region vocabulary, no splits. Photos of regions the model
     knows are scored; the others are left out and counted."""
@@ -230,7 +200,7 @@ def test_evaluate_a_foreign_manifest_with_other_regions(
             TOUCHSTONE,
             "evaluate",
             "--model",
-            str(exported),
+            str(tiny_model),
             "--data",
             str(manifest),
             "--out",
@@ -250,10 +220,10 @@ def test_evaluate_a_foreign_manifest_with_other_regions(
 
 
 def test_int8_export_records_the_accuracy_change_and_refuses_a_loss(
-    trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    result = export_run(trained_run, tmp_path / "int8", quantize="int8", register=False)
+    result = export_run(tiny_run, tmp_path / "int8", quantize="int8", register=False)
     card = load_model_dir(result.model_dir).card
     assert card.onnx.quantization == "int8"
     change = card.metrics["quantization"]
@@ -266,12 +236,12 @@ def test_int8_export_records_the_accuracy_change_and_refuses_a_loss(
     # Any loss at all is too much here, so the export must refuse without --force.
     monkeypatch.setattr(export_module, "MAX_INT8_ITEM_ACCURACY_DROP", -1.0)
     with pytest.raises(ExportError, match="--force"):
-        export_run(trained_run, tmp_path / "refused", quantize="int8", register=False)
+        export_run(tiny_run, tmp_path / "refused", quantize="int8", register=False)
     assert not (tmp_path / "refused" / "model.onnx").exists()
 
 
-def test_export_errors_are_clear(trained_run: Path, exported: Path, tmp_path: Path) -> None:
+def test_export_errors_are_clear(tiny_run: Path, tiny_model: Path, tmp_path: Path) -> None:
     with pytest.raises(ExportError, match=r"best\.pt"):
         export_run(tmp_path, tmp_path / "out")
     with pytest.raises(ExportError, match="already holds a model"):
-        export_run(trained_run, exported, register=False)
+        export_run(tiny_run, tiny_model, register=False)

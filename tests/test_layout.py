@@ -8,7 +8,7 @@ def test_the_core_and_the_command_line_do_not_import_torch() -> None:
     code = (
         "import sys, touchstone.cli, touchstone.imaging, touchstone.data.synth, "
         "touchstone.data.validation, touchstone.data.near_duplicates, touchstone.decision, "
-        "touchstone.model_card, touchstone.inference, touchstone.registry, serving\n"
+        "touchstone.model_card, touchstone.inference, touchstone.registry, serving, serving.app\n"
         "heavy = [m for m in ('torch', 'timm', 'mlflow', 'albumentations') if m in sys.modules]\n"
         "print(heavy); sys.exit(1 if heavy else 0)"
     )

@@ -217,6 +217,9 @@ class Trainer:
             dump_config(self.config, self.out / "config.yaml")
             self.tracker = self._start_tracking()
         previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        # A job started in the background by a shell script inherits SIGINT ignored; Ctrl-C
+        # (or `kill -INT`) must still stop it cleanly.
+        previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
         status = "FAILED"
         try:
             self._epochs()
@@ -230,6 +233,7 @@ class Trainer:
                 )
         finally:
             signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGINT, previous_int)
             if self.world.is_main:
                 self._finish(status)
         return self.result

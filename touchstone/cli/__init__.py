@@ -4,6 +4,7 @@ import typer
 
 from touchstone.cli.data import app as data_app
 from touchstone.cli.model import evaluate, export, promote
+from touchstone.cli.serve import admin_app, serve
 from touchstone.cli.train import train
 
 app = typer.Typer(
@@ -16,3 +17,5 @@ app.command("train")(train)
 app.command("evaluate")(evaluate)
 app.command("export")(export)
 app.command("promote")(promote)
+app.command("serve")(serve)
+app.add_typer(admin_app, name="admin")

@@ -1,0 +1,151 @@
+"""The appraisal API: `create_app(settings)` builds it; `touchstone serve` runs it in uvicorn.
+
+Start-up order: database migrated, photo store opened, policy loaded, then the model is loaded
+and warmed in the background, so uploads are accepted (and routed to people) from the first
+second; `/readyz` turns ready once the model is warm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from serving.appraisals import AppraisalService
+from serving.db import make_engine, make_sessionmaker, upgrade
+from serving.errors import error_body, install_handlers
+from serving.metrics import ServiceMetrics
+from serving.photos import PhotoStore
+from serving.policy import load_policy
+from serving.routers import appraisals, system
+from serving.runtime import ModelManager
+from serving.settings import ServiceSettings
+from touchstone.vocabulary import DEFAULT_REGIONS
+
+log = logging.getLogger("touchstone.serving")
+
+
+class BodyLimit:
+    """Refuse a request body past `limit` bytes while it streams in, before it is buffered."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except _TooLarge:
+            await self._refuse(send)
+
+    async def _refuse(self, send: Send) -> None:
+        response = JSONResponse(
+            error_body("request_too_large", f"the request is over {self.limit // 2**20} MiB"),
+            status_code=413,
+            headers={"Connection": "close"},
+        )
+        await response({"type": "http"}, _nothing, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _nothing() -> Message:
+    return {"type": "http.disconnect"}
+
+
+def create_app(settings: ServiceSettings) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        engine = make_engine(settings.resolved_database_url())
+        await asyncio.to_thread(upgrade, engine)
+        metrics = ServiceMetrics()
+        models = ModelManager(settings, metrics)
+        app.state.settings = settings
+        app.state.metrics = metrics
+        app.state.models = models
+        app.state.sessions = make_sessionmaker(engine)
+        app.state.appraisals = AppraisalService(
+            app.state.sessions,
+            PhotoStore.from_env(settings.data_dir / "photos"),
+            load_policy(settings.policy_path()),
+            models,
+            metrics,
+            settings.max_pixels,
+        )
+        loading = None
+        if settings.model:
+            loading = asyncio.create_task(_load(models, settings.model))
+        try:
+            yield
+        finally:
+            if loading is not None:
+                loading.cancel()
+            await models.close()
+            engine.dispose()
+
+    app = FastAPI(
+        title="Touchstone appraisal API",
+        version="1",
+        description="Photo-based authentication of second-hand luxury goods.",
+        lifespan=lifespan,
+    )
+    install_handlers(app)
+    app.include_router(appraisals.router)
+    app.include_router(system.router)
+
+    def regions() -> tuple[str, ...]:
+        runtime = app.state.models.current
+        return runtime.card.regions if runtime else DEFAULT_REGIONS
+
+    app.state.regions = regions
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next):  # type: ignore[no-untyped-def]
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics = request.app.state.metrics
+        metrics.requests.labels(request.method, path, str(response.status_code)).inc()
+        metrics.latency.labels(request.method, path).observe(time.perf_counter() - start)
+        return response
+
+    app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
+    return app
+
+
+async def _load(models: ModelManager, source: str) -> None:
+    try:
+        await models.load(source)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        # Uploads keep flowing to people; /readyz and /v1/models show the error.
+        log.exception("could not load the model %s", source)

@@ -1,0 +1,440 @@
+"""The appraisal service: the one place that writes appraisals, their photos and events.
+
+An upload is taken apart in this order, so that nothing acknowledged is ever lost: photos are
+decoded (a bad one is a 4xx before anything is kept), stored content-addressed with their
+metadata stripped (fsynced), scored through the micro-batcher when a model is ready, routed by
+the policy, and only then is the appraisal committed in one transaction. The 201 follows the
+commit. Idempotency keys make a retried upload return the appraisal it created the first time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+import re
+import uuid
+from dataclasses import dataclass, field
+
+from PIL import Image
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import selectinload, sessionmaker
+
+from serving.batching import QueueFull
+from serving.db import Appraisal, AppraisalEvent, Photo, utcnow
+from serving.errors import ApiError
+from serving.metrics import ServiceMetrics
+from serving.photos import PhotoStore, StoredPhoto
+from serving.policy import (
+    PolicyConfig,
+    RoutingDecision,
+    RoutingRequest,
+    assess_photo,
+    route,
+    sla_due,
+)
+from serving.runtime import ModelManager, ModelRuntime
+from touchstone.decision import Thresholds, photo_probability, sigmoid
+from touchstone.imaging import PhotoError, decode_photo, to_model_input
+
+MAX_PHOTO_ROUNDS = 3  # rounds of "send better photos" before a person takes over
+IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9._:\-]{8,255}$")
+
+
+@dataclass
+class PhotoUpload:
+    region: str
+    data: bytes
+    image: Image.Image | None = None
+    stored: StoredPhoto | None = None
+    usable: bool = True
+    problems: list[str] = field(default_factory=list)
+    log_odds: float | None = None
+
+
+@dataclass
+class AppraisalRequest:
+    member_id: str
+    member_tier: str
+    category: str
+    brand: str | None
+    declared_value: float | None
+    photos: list[PhotoUpload]
+    idempotency_key: str | None
+
+    def fingerprint(self) -> str:
+        """What makes two uploads the same request: fields and photo bytes, in order."""
+        body = {
+            "member_id": self.member_id,
+            "member_tier": self.member_tier,
+            "category": self.category,
+            "brand": self.brand,
+            "declared_value": self.declared_value,
+            "photos": [(p.region, hashlib.sha256(p.data).hexdigest()) for p in self.photos],
+        }
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass
+class Judgement:
+    """The policy's decision, the model that scored the photos (None: no model took part),
+    and the item's p(authentic)."""
+
+    decision: RoutingDecision
+    runtime: ModelRuntime | None
+    p_authentic: float | None
+
+    def columns(self) -> dict[str, object]:
+        card = self.runtime.card if self.runtime else None
+        return {
+            "status": self.decision.status,
+            "outcome": self.decision.outcome,
+            "path": self.decision.path,
+            "p_authentic": self.p_authentic,
+            "rule": self.decision.rule,
+            "reasons": list(self.decision.reasons),
+            "reviews_required": self.decision.reviews_required,
+            "model_name": card.name if card else None,
+            "model_version": card.version if card else None,
+        }
+
+
+class AppraisalService:
+    def __init__(
+        self,
+        sessions: sessionmaker,
+        store: PhotoStore,
+        policy: PolicyConfig,
+        models: ModelManager,
+        metrics: ServiceMetrics,
+        max_pixels: int,
+    ) -> None:
+        self.sessions = sessions
+        self.store = store
+        self.policy = policy
+        self.models = models
+        self.metrics = metrics
+        self.max_pixels = max_pixels
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def get(self, appraisal_id: str) -> Appraisal:
+        with self.sessions() as session:
+            appraisal = session.scalar(_with_photos().where(Appraisal.id == appraisal_id))
+        if appraisal is None:
+            raise ApiError(404, "not_found", f"no appraisal {appraisal_id}")
+        return appraisal
+
+    def list_for_member(self, member_id: str, limit: int, offset: int) -> list[Appraisal]:
+        with self.sessions() as session:
+            query = (
+                _with_photos()
+                .where(Appraisal.member_id == member_id)
+                .order_by(Appraisal.created_at.desc(), Appraisal.id)
+                .limit(limit)
+                .offset(offset)
+            )
+            return list(session.scalars(query))
+
+    # -- writing ---------------------------------------------------------------------------
+
+    async def create(self, request: AppraisalRequest) -> tuple[Appraisal, bool]:
+        """The appraisal, and whether it was created now (False: an idempotent replay)."""
+        fingerprint = request.fingerprint()
+        if request.idempotency_key:
+            existing = await asyncio.to_thread(self._replay, request.idempotency_key, fingerprint)
+            if existing is not None:
+                return existing, False
+        await self._prepare(request.photos)
+        async with self.models.use() as runtime:
+            judgement = await self._decide(request, request.photos, runtime)
+        created = await asyncio.to_thread(self._insert, request, fingerprint, judgement)
+        if created is None:  # a concurrent retry with the same key committed first
+            existing = await asyncio.to_thread(self._replay, request.idempotency_key, fingerprint)
+            assert existing is not None
+            return existing, False
+        self._count(judgement.decision)
+        return created, True
+
+    async def add_photos(self, appraisal_id: str, photos: list[PhotoUpload]) -> Appraisal:
+        appraisal = await asyncio.to_thread(self.get, appraisal_id)
+        if appraisal.status != "awaiting_photos":
+            raise ApiError(
+                409,
+                "invalid_state",
+                f"appraisal {appraisal_id} is {appraisal.status}, not awaiting photos",
+            )
+        await self._prepare(photos)
+        round_ = appraisal.photo_rounds + 1
+        earlier = [
+            PhotoUpload(p.region, b"", usable=True, log_odds=p.log_odds)
+            for p in appraisal.photos
+            if p.usable
+        ]
+        request = AppraisalRequest(
+            appraisal.member_id,
+            appraisal.member_tier,
+            appraisal.category,
+            appraisal.brand,
+            appraisal.declared_value_cny,
+            [*earlier, *photos],
+            None,
+        )
+        async with self.models.use() as runtime:
+            judgement = await self._decide(
+                request, photos, runtime, earlier=earlier, last_round=round_ >= MAX_PHOTO_ROUNDS
+            )
+        updated = await asyncio.to_thread(self._update, appraisal_id, photos, round_, judgement)
+        self._count(judgement.decision)
+        return updated
+
+    async def request_human_review(self, appraisal_id: str) -> Appraisal:
+        def write() -> Appraisal:
+            with self.sessions() as session, session.begin():
+                appraisal = session.get(Appraisal, appraisal_id, with_for_update=True)
+                if appraisal is None:
+                    raise ApiError(404, "not_found", f"no appraisal {appraisal_id}")
+                if appraisal.status != "decided" or appraisal.path != "auto":
+                    raise ApiError(
+                        409,
+                        "invalid_state",
+                        f"appraisal {appraisal_id} is {appraisal.status}; only an automated "
+                        "decision can be sent to a person",
+                    )
+                appraisal.status, appraisal.path, appraisal.rule = (
+                    "in_review",
+                    "human",
+                    ("member_requested"),
+                )
+                appraisal.reasons = [
+                    *appraisal.reasons,
+                    "the member asked for a person to review the automated result",
+                ]
+                appraisal.reviews_required = max(appraisal.reviews_required, 1)
+                appraisal.updated_at = utcnow()
+                session.add(
+                    AppraisalEvent(
+                        appraisal_id=appraisal.id,
+                        kind="human_review_requested",
+                        rule="member_requested",
+                        detail={},
+                    )
+                )
+            return self.get(appraisal_id)
+
+        return await asyncio.to_thread(write)
+
+    # -- the steps ---------------------------------------------------------------------------
+
+    async def _prepare(self, photos: list[PhotoUpload]) -> None:
+        """Decode, store and assess each photo; any undecodable photo refuses the upload."""
+
+        def one(photo: PhotoUpload) -> None:
+            try:
+                photo.image = decode_photo(photo.data, max_pixels=self.max_pixels)
+            except PhotoError as exc:
+                status = 413 if exc.code == "too_many_pixels" else 422
+                raise ApiError(status, exc.code, f"{photo.region} photo: {exc}") from exc
+            photo.stored = self.store.put(photo.data)
+            quality = assess_photo(photo.image, self.policy)
+            photo.usable, photo.problems = quality.usable, list(quality.problems)
+
+        await asyncio.gather(*(asyncio.to_thread(one, p) for p in photos))
+
+    async def _decide(
+        self,
+        request: AppraisalRequest,
+        new_photos: list[PhotoUpload],
+        runtime: ModelRuntime | None,
+        earlier: list[PhotoUpload] | None = None,
+        last_round: bool = False,
+    ) -> Judgement:
+        usable = [p for p in new_photos if p.usable]
+        model_ready = runtime is not None
+        if runtime is not None and usable:
+            prep = runtime.model.preprocessing
+            pixels = await asyncio.gather(
+                *(asyncio.to_thread(to_model_input, p.image, prep) for p in usable)
+            )
+            try:
+                scores = await runtime.log_odds(list(pixels), [p.region for p in usable])
+            except QueueFull as exc:
+                self.metrics.overloaded.inc()
+                raise ApiError(
+                    503,
+                    "overloaded",
+                    "the model's queue is full; retry shortly",
+                    {"Retry-After": str(max(1, round(exc.retry_after)))},
+                ) from exc
+            except Exception:  # the model failed: people decide, the upload is kept
+                model_ready = False
+            else:
+                for photo, score in zip(usable, scores, strict=True):
+                    photo.log_odds = float(score)
+        p_authentic = None
+        scored = [p for p in [*(earlier or []), *usable] if p.log_odds is not None]
+        if model_ready and runtime is not None and scored:
+            aggregation = runtime.card.aggregation()
+            p_authentic = float(
+                sigmoid(aggregation.item_log_odds([(p.region, p.log_odds) for p in scored]))
+            )
+        unusable = [(p.region, p.problems) for p in new_photos if not p.usable]
+        photo_count = len(scored) if model_ready else len([*(earlier or []), *usable])
+        if last_round and unusable:
+            # The member has tried enough times: a person decides from what there is.
+            unusable = []
+        decision = route(
+            RoutingRequest(
+                member_tier=request.member_tier,
+                category=request.category,
+                declared_value_cny=request.declared_value,
+                photo_count=photo_count
+                if not last_round
+                else max(photo_count, self.policy.min_photos),
+                unusable_photos=unusable,
+                model_ready=model_ready,
+                p_authentic=p_authentic,
+                model_categories=runtime.card.categories if runtime is not None else (),
+                thresholds=_thresholds(runtime, self.policy),
+                audit_draw=random.random(),
+            ),
+            self.policy,
+        )
+        return Judgement(decision, runtime if model_ready else None, p_authentic)
+
+    def _replay(self, key: str | None, fingerprint: str) -> Appraisal | None:
+        with self.sessions() as session:
+            existing = session.scalar(_with_photos().where(Appraisal.idempotency_key == key))
+        if existing is None:
+            return None
+        if existing.request_sha256 != fingerprint:
+            raise ApiError(
+                409,
+                "idempotency_conflict",
+                "this Idempotency-Key was used for a different request; use a new key",
+            )
+        return existing
+
+    def _insert(
+        self, request: AppraisalRequest, fingerprint: str, judgement: Judgement
+    ) -> Appraisal | None:
+        now = utcnow()
+        appraisal = Appraisal(
+            id=str(uuid.uuid4()),
+            member_id=request.member_id,
+            member_tier=request.member_tier,
+            category=request.category,
+            brand=request.brand,
+            declared_value_cny=request.declared_value,
+            photo_rounds=1,
+            idempotency_key=request.idempotency_key,
+            request_sha256=fingerprint,
+            created_at=now,
+            updated_at=now,
+            sla_due_at=sla_due(request.member_tier, now, self.policy),
+            **judgement.columns(),
+        )
+        appraisal.photos = _photo_rows(request.photos, 1, judgement.runtime)
+        appraisal.events = [_event("created", judgement.decision)]
+        try:
+            with self.sessions() as session, session.begin():
+                session.add(appraisal)
+        except IntegrityError:
+            if request.idempotency_key:
+                return None
+            raise
+        return self.get(appraisal.id)
+
+    def _update(
+        self,
+        appraisal_id: str,
+        photos: list[PhotoUpload],
+        round_: int,
+        judgement: Judgement,
+    ) -> Appraisal:
+        with self.sessions() as session, session.begin():
+            appraisal = session.get(Appraisal, appraisal_id, with_for_update=True)
+            if appraisal is None or appraisal.status != "awaiting_photos":
+                raise ApiError(409, "invalid_state", "the appraisal changed meanwhile; reload it")
+            for name, value in judgement.columns().items():
+                if name in ("model_name", "model_version") and value is None:
+                    continue
+                setattr(appraisal, name, value)
+            appraisal.photo_rounds = round_
+            appraisal.updated_at = utcnow()
+            for row in _photo_rows(photos, round_, judgement.runtime):
+                row.appraisal_id = appraisal.id
+                session.add(row)
+            event = _event("photos_added", judgement.decision)
+            event.appraisal_id = appraisal.id
+            session.add(event)
+        return self.get(appraisal_id)
+
+    def _count(self, decision: RoutingDecision) -> None:
+        self.metrics.decisions.labels(
+            decision.path or "none", decision.outcome or "none", decision.rule
+        ).inc()
+
+
+def _with_photos():  # -> Select[tuple[Appraisal]]
+    return select(Appraisal).options(selectinload(Appraisal.photos))
+
+
+def _thresholds(runtime: ModelRuntime | None, policy: PolicyConfig) -> Thresholds | None:
+    if runtime is None:
+        return None
+    card = runtime.card.thresholds
+    return Thresholds(
+        policy.authentic_at if policy.authentic_at is not None else card.authentic_at,
+        policy.counterfeit_at if policy.counterfeit_at is not None else card.counterfeit_at,
+    )
+
+
+def _photo_rows(
+    photos: list[PhotoUpload], round_: int, runtime: ModelRuntime | None
+) -> list[Photo]:
+    temperature = runtime.card.calibration.photo.temperature if runtime else None
+    rows = []
+    for photo in photos:
+        assert photo.stored is not None and photo.image is not None
+        rows.append(
+            Photo(
+                round=round_,
+                region=photo.region,
+                sha256=photo.stored.sha256,
+                upload_sha256=photo.stored.upload_sha256,
+                width=photo.image.width,
+                height=photo.image.height,
+                usable=photo.usable,
+                problems=photo.problems,
+                log_odds=photo.log_odds,
+                p_authentic=(
+                    float(photo_probability(photo.log_odds, temperature))
+                    if photo.log_odds is not None and temperature
+                    else None
+                ),
+            )
+        )
+    return rows
+
+
+def _event(kind: str, decision: RoutingDecision) -> AppraisalEvent:
+    return AppraisalEvent(
+        kind=kind,
+        rule=decision.rule,
+        detail={"status": decision.status, "outcome": decision.outcome, "path": decision.path},
+    )
+
+
+def check_idempotency_key(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not IDEMPOTENCY_KEY.match(value):
+        raise ApiError(
+            422,
+            "invalid_idempotency_key",
+            "Idempotency-Key must be 8 to 255 characters of letters, digits and . _ : -",
+        )
+    return value

@@ -1,0 +1,162 @@
+"""The service's tables (SQLAlchemy 2) and how to reach the database.
+
+SQLite in the data directory is the embedded default; PostgreSQL through
+`TOUCHSTONE_DATABASE_URL`. The schema is owned by Alembic (`serving/migrations`): the service
+upgrades to head when it starts, and tests run the same migrations on both databases.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        dt.datetime: DateTime(timezone=True),
+        dict[str, Any]: JSON,
+    }
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # The public part of the key, to find its row; the secret is stored only as a hash.
+    prefix: Mapped[str] = mapped_column(String(16), unique=True, index=True)
+    secret_sha256: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(16))
+    label: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+
+class Appraisal(Base):
+    __tablename__ = "appraisals"
+    __table_args__ = (UniqueConstraint("idempotency_key", name="uq_appraisals_idempotency_key"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    member_id: Mapped[str] = mapped_column(String(64), index=True)
+    member_tier: Mapped[str] = mapped_column(String(32))  # the tier at submission decides
+    category: Mapped[str] = mapped_column(String(32))
+    brand: Mapped[str | None] = mapped_column(String(64))
+    declared_value_cny: Mapped[float | None] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(20), index=True)
+    outcome: Mapped[str | None] = mapped_column(String(20))
+    path: Mapped[str | None] = mapped_column(String(10))
+    p_authentic: Mapped[float | None] = mapped_column(Float)
+    rule: Mapped[str] = mapped_column(String(40))
+    reasons: Mapped[list[str]] = mapped_column(JSON, default=list)
+    reviews_required: Mapped[int] = mapped_column(Integer, default=0)
+    photo_rounds: Mapped[int] = mapped_column(Integer, default=1)
+    model_name: Mapped[str | None] = mapped_column(String(100))
+    model_version: Mapped[str | None] = mapped_column(String(64))
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    request_sha256: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    sla_due_at: Mapped[dt.datetime] = mapped_column()
+
+    photos: Mapped[list[Photo]] = relationship(
+        back_populates="appraisal", order_by="Photo.id", cascade="all, delete-orphan"
+    )
+    events: Mapped[list[AppraisalEvent]] = relationship(
+        back_populates="appraisal", order_by="AppraisalEvent.id", cascade="all, delete-orphan"
+    )
+
+
+class Photo(Base):
+    __tablename__ = "photos"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    appraisal_id: Mapped[str] = mapped_column(ForeignKey("appraisals.id"), index=True)
+    round: Mapped[int] = mapped_column(Integer, default=1)
+    region: Mapped[str] = mapped_column(String(32))
+    sha256: Mapped[str] = mapped_column(String(64), index=True)  # of the stored, clean bytes
+    upload_sha256: Mapped[str] = mapped_column(String(64))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    usable: Mapped[bool] = mapped_column(default=True)
+    problems: Mapped[list[str]] = mapped_column(JSON, default=list)
+    log_odds: Mapped[float | None] = mapped_column(Float)
+    p_authentic: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    appraisal: Mapped[Appraisal] = relationship(back_populates="photos")
+
+
+class AppraisalEvent(Base):
+    """What happened to an appraisal and which rule decided it: append-only."""
+
+    __tablename__ = "appraisal_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    appraisal_id: Mapped[str] = mapped_column(ForeignKey("appraisals.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(40))
+    rule: Mapped[str | None] = mapped_column(String(40))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    appraisal: Mapped[Appraisal] = relationship(back_populates="events")
+
+
+def default_database_url(data_dir: Path) -> str:
+    return f"sqlite:///{Path(data_dir).resolve() / 'touchstone.db'}"
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(connection: Any, _: Any) -> None:
+            # WAL lets readers work during a write; FULL syncs each commit to disk, so a 201
+            # survives a crash of the process or the machine.
+            cursor = connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def upgrade(engine: Engine) -> None:
+    """Bring the schema to the newest migration (safe to run on every start)."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")

@@ -1,0 +1,250 @@
+"""A content-addressed store for uploaded member photos, on local disk.
+
+Privacy first (PIPL): an upload is decoded and re-encoded from its pixels before anything is
+written, so EXIF (GPS above all), XMP, IPTC, comments and ICC profiles never reach the disk. The
+address is the sha256 of those clean bytes, at `root/ab/cd/<sha256>`, so the same photo uploaded
+twice, even with different metadata, is stored once.
+
+Stored formats:
+- JPEG uploads are re-encoded as JPEG at quality 95 with 4:4:4 chroma (no subsampling): the
+  stitching, engraving and print that authentication looks at are fine coloured detail.
+- Every other format (PNG, WebP, GIF, TIFF, ...) is stored as PNG: lossless, so nothing more is
+  lost than the decoding already did.
+- No ICC profile is embedded: `decode_photo` has already converted the pixels to sRGB.
+
+Encryption at rest is on when a key is given (`TOUCHSTONE_PHOTO_KEY`, base64 of 32 bytes). Each
+file then holds, with AES-256-GCM:
+
+    FORMAT_V1 (1 byte, 0x01) | nonce (12 random bytes) | ciphertext + 16-byte tag
+
+with associated data `FORMAT_V1 + address`, so a file copied or renamed to another address fails
+to decrypt. Files without a key hold the clean bytes as they are. Either way `get` checks the
+sha256 of what it returns against the address, so it never hands back altered bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hashlib
+import io
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from PIL import Image
+
+from touchstone.imaging import decode_photo
+
+KEY_ENV = "TOUCHSTONE_PHOTO_KEY"
+KEY_BYTES = 32
+FORMAT_V1 = b"\x01"
+NONCE_BYTES = 12
+JPEG_QUALITY = 95
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+class PhotoStoreError(Exception):
+    """A store failure. `code`: `bad_key`, `bad_address`, `not_found` or `integrity`."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class StoredPhoto:
+    sha256: str  # of the clean stored content: the photo's address
+    upload_sha256: str  # of the bytes as uploaded, for tracing an upload to its photo
+    size: int  # bytes of clean content (before encryption)
+    width: int
+    height: int
+    media_type: str  # "image/jpeg" or "image/png"
+
+
+class PhotoStore:
+    def __init__(self, root: Path, key: bytes | None = None) -> None:
+        if key is not None and len(key) != KEY_BYTES:
+            raise PhotoStoreError(
+                "bad_key", f"the photo key must be {KEY_BYTES} bytes (AES-256), got {len(key)}"
+            )
+        self.root = Path(root)
+        self._aead = AESGCM(key) if key is not None else None
+
+    @classmethod
+    def from_env(cls, root: Path) -> PhotoStore:
+        """A store keyed by TOUCHSTONE_PHOTO_KEY; without the variable, photos are not encrypted."""
+        text = os.environ.get(KEY_ENV)
+        if text is None:
+            return cls(root)
+        # An empty or broken value is a deployment mistake (a secret not mounted, say): refuse it
+        # rather than quietly store photos in the clear. The value itself is never echoed.
+        try:
+            key = base64.b64decode(text.strip(), validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise PhotoStoreError("bad_key", f"{KEY_ENV} is not valid base64") from exc
+        if len(key) != KEY_BYTES:
+            raise PhotoStoreError(
+                "bad_key",
+                f"{KEY_ENV} must be the base64 of {KEY_BYTES} random bytes, it decodes to "
+                f'{len(key)}; make one with: python -c "import base64, os; '
+                f'print(base64.b64encode(os.urandom(32)).decode())"',
+            )
+        return cls(root, key)
+
+    @property
+    def encrypted(self) -> bool:
+        return self._aead is not None
+
+    def put(self, upload: bytes) -> StoredPhoto:
+        """Strip the upload's metadata, store the clean photo, and describe it.
+
+        Raises `touchstone.imaging.PhotoError` unchanged for an upload that is not a usable photo.
+        """
+        image = decode_photo(upload)
+        # A fresh image carries pixels only: no info dict, so no EXIF, XMP, ICC or text chunks
+        # can ride along into the encoder.
+        clean_image = Image.frombytes("RGB", image.size, image.tobytes())
+        buffer = io.BytesIO()
+        if upload.startswith(_JPEG_MAGIC):
+            media_type = "image/jpeg"
+            clean_image.save(buffer, format="JPEG", quality=JPEG_QUALITY, subsampling=0)
+        else:
+            media_type = "image/png"
+            clean_image.save(buffer, format="PNG")
+        clean = buffer.getvalue()
+        sha256 = hashlib.sha256(clean).hexdigest()
+
+        if not self._holds(sha256):
+            self._write(sha256, self._seal(sha256, clean))
+        return StoredPhoto(
+            sha256=sha256,
+            upload_sha256=hashlib.sha256(upload).hexdigest(),
+            size=len(clean),
+            width=clean_image.width,
+            height=clean_image.height,
+            media_type=media_type,
+        )
+
+    def get(self, sha256: str) -> bytes:
+        """The clean bytes at this address, checked; PhotoStoreError if unknown or altered."""
+        path = self.path_for(sha256)
+        try:
+            stored = path.read_bytes()
+        except FileNotFoundError as exc:
+            raise PhotoStoreError("not_found", f"no photo {sha256}") from exc
+        clean = self._open(sha256, stored)
+        if hashlib.sha256(clean).hexdigest() != sha256:
+            raise PhotoStoreError("integrity", f"photo {sha256} does not match its address")
+        return clean
+
+    def open_image(self, sha256: str) -> Image.Image:
+        """The photo as an RGB image, decoded the same way as every other photo."""
+        return decode_photo(self.get(sha256))
+
+    def exists(self, sha256: str) -> bool:
+        return self.path_for(sha256).is_file()
+
+    def delete(self, sha256: str) -> bool:
+        """Remove a photo (member erasure); False if it was not there."""
+        path = self.path_for(sha256)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        _fsync_dir(path.parent)  # an erasure must not come back after a crash either
+        return True
+
+    def path_for(self, sha256: str) -> Path:
+        # The address becomes a path: only a well-formed digest may, so nothing like "../x"
+        # can reach outside the root.
+        if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
+            raise PhotoStoreError(
+                "bad_address", f"not a photo address (64 lowercase hex digits): {sha256!r}"
+            )
+        return self.root / sha256[:2] / sha256[2:4] / sha256
+
+    def _holds(self, sha256: str) -> bool:
+        # A file already there counts only if this store can read it back intact; otherwise
+        # (damaged, or written without encryption before a key was configured) it is replaced.
+        if not self.exists(sha256):
+            return False
+        try:
+            self.get(sha256)
+        except PhotoStoreError:
+            return False
+        return True
+
+    def _seal(self, sha256: str, clean: bytes) -> bytes:
+        if self._aead is None:
+            return clean
+        nonce = os.urandom(NONCE_BYTES)
+        return FORMAT_V1 + nonce + self._aead.encrypt(nonce, clean, _associated_data(sha256))
+
+    def _open(self, sha256: str, stored: bytes) -> bytes:
+        if self._aead is None:
+            if stored.startswith(FORMAT_V1):
+                raise PhotoStoreError(
+                    "integrity", f"photo {sha256} is encrypted and this store has no key"
+                )
+            return stored
+        if not stored.startswith(FORMAT_V1):
+            raise PhotoStoreError(
+                "integrity", f"photo {sha256} is not in the encrypted format this store expects"
+            )
+        nonce = stored[1 : 1 + NONCE_BYTES]
+        try:
+            return self._aead.decrypt(nonce, stored[1 + NONCE_BYTES :], _associated_data(sha256))
+        except InvalidTag as exc:
+            raise PhotoStoreError(
+                "integrity", f"photo {sha256} fails authentication (wrong key or altered file)"
+            ) from exc
+
+    def _write(self, sha256: str, data: bytes) -> None:
+        path = self.path_for(sha256)
+        _make_dirs(self.root, path.parent)
+        # Temp file in the same folder, so os.replace is an atomic rename: a reader sees the old
+        # state or the whole new file, never a partial one. mkstemp also makes it owner-only.
+        fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as temp:
+                temp.write(data)
+                temp.flush()
+                os.fsync(temp.fileno())
+            os.replace(temp_name, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp_name)
+            raise
+        # The rename lives in the directory: sync it so an acknowledged photo survives a crash.
+        _fsync_dir(path.parent)
+
+
+def _associated_data(sha256: str) -> bytes:
+    return FORMAT_V1 + sha256.encode("ascii")
+
+
+def _make_dirs(root: Path, leaf: Path) -> None:
+    # Create the fan-out levels one by one and sync each parent that gained an entry, so the new
+    # directories themselves are durable, not only the file inside them.
+    root.mkdir(parents=True, exist_ok=True)
+    for directory in (leaf.parent, leaf):
+        if not directory.is_dir():
+            directory.mkdir(exist_ok=True)
+            _fsync_dir(directory.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

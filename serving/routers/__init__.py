@@ -1,0 +1,1 @@
+"""One router per resource: appraisals, models, and the service's own health."""

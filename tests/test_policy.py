@@ -1,0 +1,394 @@
+"""Routing policy: each rule fires on its input, the order holds, the YAML is strict, and photo
+quality flags dark, blown-out, tiny and blurred photos but passes a sharp one."""
+
+import io
+import subprocess
+import sys
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+from serving.policy import (
+    BLURRED,
+    TOO_BRIGHT,
+    TOO_DARK,
+    TOO_SMALL,
+    PolicyConfig,
+    PolicyError,
+    RoutingRequest,
+    assess_photo,
+    effective_thresholds,
+    load_policy,
+    route,
+    sla_due,
+)
+from touchstone.data.synth.camera import canvas_side
+from touchstone.data.synth.generate import SynthConfig, render_item
+from touchstone.data.synth.materials import TextureBank
+from touchstone.decision import Thresholds
+
+ROOT = Path(__file__).resolve().parents[1]
+POLICY = PolicyConfig()
+CARD = Thresholds(authentic_at=0.95, counterfeit_at=0.05)
+
+
+def _item(**changes: object) -> RoutingRequest:
+    """An explorer's bag, well photographed, that the model finds clearly authentic."""
+    base = RoutingRequest(
+        member_tier="explorer",
+        category="bag",
+        declared_value_cny=8_000.0,
+        photo_count=4,
+        model_ready=True,
+        p_authentic=0.99,
+        model_categories=("bag", "watch"),
+        thresholds=CARD,
+        audit_draw=0.5,
+    )
+    return replace(base, **changes)
+
+
+# --- the rules, one by one ----------------------------------------------------------------------
+
+
+def test_a_clear_score_is_decided_by_the_model_alone() -> None:
+    decision = route(_item(), POLICY)
+    assert (decision.status, decision.outcome, decision.path) == ("decided", "authentic", "auto")
+    assert decision.rule == "auto_authentic" and decision.reviews_required == 0
+    assert decision.sla_hours == 48
+    assert "0.99" in decision.reasons[0] and "0.95" in decision.reasons[0]
+
+    fake = route(_item(p_authentic=0.01), POLICY)
+    assert (fake.status, fake.outcome, fake.path) == ("decided", "counterfeit", "auto")
+    assert fake.rule == "auto_counterfeit"
+    # The thresholds are inclusive, as in Thresholds.route.
+    assert route(_item(p_authentic=0.95), POLICY).rule == "auto_authentic"
+    assert route(_item(p_authentic=0.05), POLICY).rule == "auto_counterfeit"
+
+
+def test_an_uncertain_score_goes_to_one_reviewer_and_says_why() -> None:
+    decision = route(_item(p_authentic=0.62), POLICY)
+    assert (decision.status, decision.outcome, decision.path) == ("in_review", None, "human")
+    assert decision.rule == "uncertain" and decision.reviews_required == 1
+    assert "p_authentic 0.62" in decision.reasons[0]
+
+
+def test_too_few_photos_or_an_unusable_one_asks_for_photos() -> None:
+    few = route(_item(photo_count=1), POLICY)
+    assert (few.status, few.outcome, few.path) == ("awaiting_photos", None, None)
+    assert few.rule == "needs_more_photos" and few.reviews_required == 0
+    assert few.reasons == ["at least 2 photos are needed, 1 was sent"]
+
+    bad = route(
+        _item(unusable_photos=[("logo photo 2", [TOO_DARK]), (3, [BLURRED, TOO_SMALL])]), POLICY
+    )
+    assert bad.rule == "needs_more_photos"
+    assert bad.reasons == ["logo photo 2 is too dark", "photo 3 is blurred and too small"]
+
+
+def test_an_unusable_photo_beats_every_other_rule() -> None:
+    request = _item(
+        member_tier="brand_confidant",
+        declared_value_cny=900_000.0,
+        model_ready=False,
+        p_authentic=None,
+        category="shoe",
+        human_review_requested=True,
+        unusable_photos=[("hardware photo 1", [TOO_BRIGHT])],
+    )
+    decision = route(request, POLICY)
+    assert decision.status == "awaiting_photos" and decision.rule == "needs_more_photos"
+    assert decision.reasons == ["hardware photo 1 is too bright (blown out)"]
+    assert decision.sla_hours == 12
+
+
+def test_without_a_model_a_reviewer_decides() -> None:
+    for request in (
+        _item(model_ready=False, p_authentic=None, thresholds=None),
+        _item(p_authentic=None),  # loaded, but no score for this item
+        _item(p_authentic=float("nan")),
+    ):
+        decision = route(request, POLICY)
+        assert (decision.status, decision.path, decision.rule) == (
+            "in_review",
+            "human",
+            "model_unavailable",
+        )
+        assert decision.reviews_required == 1
+
+
+def test_an_unknown_category_goes_to_a_reviewer() -> None:
+    decision = route(_item(category="shoe"), POLICY)
+    assert decision.rule == "unknown_category" and decision.path == "human"
+    assert "'shoe'" in decision.reasons[0] and "bag, watch" in decision.reasons[0]
+    assert route(_item(category=None), POLICY).rule == "unknown_category"
+    # A model that declares no categories takes any.
+    assert route(_item(category="shoe", model_categories=()), POLICY).rule == "auto_authentic"
+
+
+def test_high_value_means_two_blind_reviews_strictly_above_the_threshold() -> None:
+    assert route(_item(declared_value_cny=50_000.0), POLICY).rule == "auto_authentic"
+    decision = route(_item(declared_value_cny=50_000.01), POLICY)
+    assert decision.rule == "high_value" and decision.reviews_required == 2
+    assert decision.status == "in_review" and decision.outcome is None
+    assert "50,000 CNY" in decision.reasons[0]
+
+
+@pytest.mark.parametrize(
+    ("tier", "vip", "hours"),
+    [
+        ("explorer", False, 48),
+        ("connoisseur", False, 24),
+        ("collector", True, 24),
+        ("master", True, 12),
+        ("brand_confidant", True, 12),
+    ],
+)
+def test_vip_tiers_always_get_a_reviewer(tier: str, vip: bool, hours: int) -> None:
+    decision = route(_item(member_tier=tier), POLICY)
+    assert decision.rule == ("vip_tier" if vip else "auto_authentic")
+    assert decision.reviews_required == (1 if vip else 0)
+    assert decision.sla_hours == hours
+
+
+def test_a_member_can_ask_for_a_human() -> None:
+    decision = route(_item(human_review_requested=True), POLICY)
+    assert decision.rule == "member_requested" and decision.path == "human"
+    assert decision.reviews_required == 1
+
+
+def test_the_audit_sample_takes_draws_strictly_below_the_share() -> None:
+    sampled = route(_item(audit_draw=0.0199), POLICY)
+    assert sampled.rule == "audit_sample" and sampled.path == "human"
+    assert sampled.outcome is None and sampled.reviews_required == 1
+    assert "random" in sampled.reasons[0] and "quality check" in sampled.reasons[0]
+    assert "0.99" not in sampled.reasons[0]  # the audit is blind: no model verdict in sight
+    assert route(_item(audit_draw=0.02), POLICY).rule == "auto_authentic"
+    assert route(_item(audit_draw=0.0), PolicyConfig(audit_share=0.0)).rule == "auto_authentic"
+    assert route(_item(audit_draw=0.9999), PolicyConfig(audit_share=1.0)).rule == "audit_sample"
+    # Only would-be automatic verdicts are sampled: the others go to a reviewer anyway.
+    assert route(_item(p_authentic=0.5, audit_draw=0.0), POLICY).rule == "uncertain"
+
+
+# --- the order ----------------------------------------------------------------------------------
+
+
+def test_a_vip_high_value_item_gets_two_reviews_and_both_reasons() -> None:
+    decision = route(
+        _item(member_tier="master", declared_value_cny=120_000.0, human_review_requested=True),
+        POLICY,
+    )
+    assert decision.rule == "high_value" and decision.reviews_required == 2
+    assert len(decision.reasons) == 3
+    assert "master" in decision.reasons[1] and "asked" in decision.reasons[2]
+
+
+def test_earlier_rules_win_but_high_value_keeps_two_reviews() -> None:
+    dear = 60_000.0
+    down = route(_item(model_ready=False, p_authentic=None, declared_value_cny=dear), POLICY)
+    assert down.rule == "model_unavailable" and down.reviews_required == 2
+    assert any("two reviewers" in reason for reason in down.reasons)
+    unknown = route(
+        _item(category="shoe", member_tier="collector", declared_value_cny=dear), POLICY
+    )
+    assert unknown.rule == "unknown_category" and unknown.reviews_required == 2
+    assert route(_item(model_ready=False, category="shoe"), POLICY).rule == "model_unavailable"
+    vip = route(_item(member_tier="collector", human_review_requested=True), POLICY)
+    assert vip.rule == "vip_tier" and vip.reviews_required == 1
+    # Policy rules come before the score: a VIP's uncertain item is routed as a VIP's.
+    assert route(_item(member_tier="collector", p_authentic=0.5), POLICY).rule == "vip_tier"
+    asked = route(_item(human_review_requested=True, p_authentic=0.5), POLICY)
+    assert asked.rule == "member_requested"
+
+
+# --- thresholds ---------------------------------------------------------------------------------
+
+
+def test_policy_thresholds_replace_the_cards_where_set() -> None:
+    stricter = PolicyConfig(authentic_at=0.995)
+    assert route(_item(p_authentic=0.99), stricter).rule == "uncertain"
+    assert route(_item(p_authentic=0.996), stricter).rule == "auto_authentic"
+    # The card's counterfeit threshold still holds where the policy sets none.
+    assert route(_item(p_authentic=0.04), stricter).rule == "auto_counterfeit"
+    assert route(_item(p_authentic=0.15), PolicyConfig(counterfeit_at=0.2)).outcome == "counterfeit"
+    both = PolicyConfig(authentic_at=0.9, counterfeit_at=0.1)
+    assert effective_thresholds(None, both) == Thresholds(0.9, 0.1)
+    assert route(_item(thresholds=None, p_authentic=0.92), both).rule == "auto_authentic"
+
+
+def test_without_any_threshold_nothing_is_decided_alone() -> None:
+    decision = route(_item(thresholds=Thresholds(None, None), p_authentic=0.999), POLICY)
+    assert decision.rule == "uncertain" and "no thresholds" in decision.reasons[0]
+    one_sided = route(_item(thresholds=Thresholds(0.95, None), p_authentic=0.001), POLICY)
+    assert one_sided.rule == "uncertain"
+
+
+def test_overrides_that_cross_the_card_are_refused() -> None:
+    with pytest.raises(PolicyError, match="overrides"):
+        route(_item(p_authentic=0.5), PolicyConfig(counterfeit_at=0.97))
+
+
+# --- bad requests, SLA --------------------------------------------------------------------------
+
+
+def test_an_unknown_tier_is_a_policy_error() -> None:
+    with pytest.raises(PolicyError, match="gold"):
+        route(_item(member_tier="gold"), POLICY)
+    with pytest.raises(PolicyError, match="gold"):
+        sla_due("gold", datetime(2025, 1, 1, tzinfo=UTC), POLICY)
+
+
+def test_out_of_range_request_values_are_refused() -> None:
+    for request in (_item(audit_draw=1.0), _item(audit_draw=-0.1), _item(p_authentic=1.2)):
+        with pytest.raises(ValueError):
+            route(request, POLICY)
+
+
+def test_sla_due_adds_the_tiers_hours() -> None:
+    submitted = datetime(2025, 11, 11, 23, 30, tzinfo=UTC)
+    assert sla_due("explorer", submitted, POLICY) == submitted + timedelta(hours=48)
+    assert sla_due("master", submitted, POLICY) == datetime(2025, 11, 12, 11, 30, tzinfo=UTC)
+    custom = PolicyConfig(sla_hours={**POLICY.sla_hours, "explorer": 36})
+    assert sla_due("explorer", submitted, custom) == submitted + timedelta(hours=36)
+
+
+# --- configuration ------------------------------------------------------------------------------
+
+
+def test_the_shipped_yaml_holds_the_defaults() -> None:
+    loaded = load_policy(ROOT / "configs" / "policy.yaml")
+    assert loaded == PolicyConfig() == load_policy(None)
+    assert loaded.vip_tiers == ("collector", "master", "brand_confidant")
+    assert loaded.sla_hours == {
+        "explorer": 48,
+        "connoisseur": 24,
+        "collector": 24,
+        "master": 12,
+        "brand_confidant": 12,
+    }
+    assert (loaded.high_value_cny, loaded.audit_share) == (50_000, 0.02)
+    assert (loaded.min_photos, loaded.max_photos, loaded.max_photos_per_region) == (2, 12, 4)
+    assert loaded.authentic_at is None and loaded.counterfeit_at is None
+
+
+def _policy_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "policy.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_a_typo_in_a_key_is_refused_with_its_name(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match=r"audit_shar: unknown key \(did you mean 'audit_share'"):
+        load_policy(_policy_file(tmp_path, "audit_shar: 0.05\n"))
+    nested = "photo_quality:\n  min_sharpnes: 20\n"
+    with pytest.raises(PolicyError, match=r"photo_quality\.min_sharpnes: unknown key"):
+        load_policy(_policy_file(tmp_path, nested))
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("audit_share: 1.5\n", "audit_share"),
+        ("high_value_cny: -1\n", "high_value_cny"),
+        ("sla_hours: {explorer: 36}\n", "sla_hours has no hours for tier"),
+        ("vip_tiers: [collector, platinum]\n", "platinum"),
+        ("authentic_at: 0.3\ncounterfeit_at: 0.4\n", "counterfeit_at"),
+        ("photo_quality: {min_brightness: 250}\n", "min_brightness"),
+        ("min_photos: 5\nmax_photos: 3\n", "max_photos"),
+        ("audit_share: [0.02\n", "not valid YAML"),
+        ("- explorer\n- master\n", "mapping"),
+    ],
+)
+def test_an_invalid_policy_is_refused_naming_the_key(tmp_path: Path, text: str, named: str) -> None:
+    with pytest.raises(PolicyError, match=named):
+        load_policy(_policy_file(tmp_path, text))
+
+
+def test_a_missing_file_is_a_policy_error_and_an_empty_one_the_defaults(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match="cannot read"):
+        load_policy(tmp_path / "absent.yaml")
+    assert load_policy(_policy_file(tmp_path, "# nothing changed\n")) == PolicyConfig()
+    partial = load_policy(_policy_file(tmp_path, "high_value_cny: 80000\n"))
+    assert partial.high_value_cny == 80_000 and partial.audit_share == 0.02
+
+
+# --- photo quality ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def synthetic_photo() -> Image.Image:
+    """A sharp 224 px hardware photo from the synthetic generator (engraving on metal)."""
+    config = SynthConfig(size=224, seed=0)
+    _, photos = render_item(config, 1, "authentic", TextureBank(0, canvas_side(224)))
+    jpeg = next(data for region, data in photos if region == "hardware")
+    return Image.open(io.BytesIO(jpeg)).convert("RGB")
+
+
+def _texture(side: int = 224, seed: int = 0) -> Image.Image:
+    """Random grain at a few scales around mid-grey, like leather under even light."""
+    rng = np.random.default_rng(seed)
+    coarse = np.kron(rng.normal(0, 25, (side // 8, side // 8)), np.ones((8, 8)))
+    fine = rng.normal(0, 20, (side, side))
+    grey = np.clip(128 + coarse + fine, 0, 255).astype(np.uint8)
+    return Image.fromarray(np.stack([grey] * 3, axis=-1))
+
+
+@pytest.mark.parametrize("kind", ["synthetic", "texture"])
+def test_a_sharp_photo_is_usable_and_its_blur_is_not(
+    kind: str, synthetic_photo: Image.Image
+) -> None:
+    photo = synthetic_photo if kind == "synthetic" else _texture()
+    sharp = assess_photo(photo, POLICY)
+    assert sharp.usable and sharp.problems == []
+    assert (sharp.width, sharp.height) == (224, 224)
+    assert 30 < sharp.brightness < 245
+    assert sharp.sharpness > POLICY.photo_quality.min_sharpness
+
+    blurred = assess_photo(photo.filter(ImageFilter.GaussianBlur(4)), POLICY)
+    assert not blurred.usable and blurred.problems == [BLURRED]
+    assert blurred.sharpness < POLICY.photo_quality.min_sharpness
+
+
+def test_a_dark_photo_is_too_dark_not_blurred(synthetic_photo: Image.Image) -> None:
+    dark = assess_photo(synthetic_photo.point(lambda v: v // 10), POLICY)
+    assert dark.problems == [TOO_DARK] and not dark.usable
+    assert dark.brightness < 30
+
+
+def test_a_blown_out_photo_is_too_bright(synthetic_photo: Image.Image) -> None:
+    blown = assess_photo(synthetic_photo.point(lambda v: min(255, 240 + v // 16)), POLICY)
+    assert blown.problems == [TOO_BRIGHT] and blown.brightness > 245
+
+
+def test_a_tiny_photo_is_too_small() -> None:
+    tiny = assess_photo(_texture(48), POLICY)
+    assert tiny.problems == [TOO_SMALL] and (tiny.width, tiny.height) == (48, 48)
+    empty = assess_photo(Image.new("RGB", (0, 0)), POLICY)
+    assert empty.problems == [TOO_SMALL]
+
+
+def test_a_large_photo_is_measured_shrunk_and_other_modes_work() -> None:
+    rng = np.random.default_rng(1)
+    large = Image.fromarray(rng.integers(0, 256, (1500, 2000, 3), dtype=np.uint8))
+    quality = assess_photo(large, POLICY)
+    assert quality.usable and (quality.width, quality.height) == (2000, 1500)
+    texture = _texture()
+    for mode in ("L", "RGBA", "P"):
+        assert assess_photo(texture.convert(mode), POLICY).usable, mode
+
+
+def test_the_quality_limits_come_from_the_policy(synthetic_photo: Image.Image) -> None:
+    measured = assess_photo(synthetic_photo, POLICY)
+    picky = PolicyConfig.model_validate(
+        {"photo_quality": {"min_sharpness": measured.sharpness + 1, "min_side_px": 300}}
+    )
+    assert assess_photo(synthetic_photo, picky).problems == [TOO_SMALL, BLURRED]
+
+
+def test_the_policy_module_does_not_import_torch() -> None:
+    code = "import sys, serving.policy; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
