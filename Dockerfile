@@ -21,11 +21,19 @@ RUN make install PYTHON=python3.11
 ENV PATH=/app/.venv/bin:$PATH
 CMD ["touchstone", "--help"]
 
-# Serving: `.[serve]` only, never torch; runs as a non-root user.
+# Serving: `.[serve]` only, never torch; runs as a non-root user. Mount a model directory at
+# /models/current (or pass --model models:/touchstone-authenticity-onnx@champion with
+# MLFLOW_TRACKING_URI set) and keep /data on a volume: photos and, without
+# TOUCHSTONE_DATABASE_URL, the SQLite database.
 FROM source AS serve
 COPY configs ./configs
 RUN make install-serve PYTHON=python3.11 \
-    && useradd --create-home --uid 10001 touchstone
+    && useradd --create-home --uid 10001 touchstone \
+    && mkdir -p /data \
+    && chown touchstone /data
 USER touchstone
 ENV PATH=/app/.venv/bin:$PATH
-CMD ["touchstone", "--help"]
+EXPOSE 8000
+HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"]
+CMD ["touchstone", "serve", "--host", "0.0.0.0", "--port", "8000", "--model", "/models/current", "--data-dir", "/data"]

@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 
 DEMO_DIR ?= experiments/demo
 
-.PHONY: install install-serve test lint demo clean mlflow-ui
+.PHONY: install install-serve test lint demo serve-demo clean mlflow-ui
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,21 @@ demo: $(STAMP)
 	$(BIN)/touchstone data synth --config configs/synthetic-holdout.yaml --out $(DEMO_DIR)/holdout
 	$(BIN)/touchstone export --run $(DEMO_DIR)/run --data $(DEMO_DIR)/holdout/manifest.csv --out $(DEMO_DIR)/model
 	$(BIN)/touchstone evaluate --model $(DEMO_DIR)/model --data $(DEMO_DIR)/holdout/manifest.csv --split test --out $(DEMO_DIR)/evaluation
+	$(MAKE) --no-print-directory serve-demo
+
+# The appraisal API on the demo model, in the foreground (Ctrl-C stops it), with a ready-made
+# request: an app key, and a curl command that uploads one test item's photos.
+serve-demo: $(STAMP)
+	rm -rf $(DEMO_DIR)/service
+	$(BIN)/touchstone admin create-key --role app --data-dir $(DEMO_DIR)/service --label demo | tail -n 1 > $(DEMO_DIR)/app-key
+	@item=$$(awk -F, '$$8=="test" {print $$2; exit}' $(DEMO_DIR)/holdout/manifest.csv); \
+	category=$$(awk -F, -v item=$$item '$$2==item {print $$5; exit}' $(DEMO_DIR)/holdout/manifest.csv); \
+	parts=$$(awk -F, -v item=$$item -v dir=$(DEMO_DIR)/holdout '$$2==item {printf " -F %s=@%s/%s", $$3, dir, $$1}' $(DEMO_DIR)/holdout/manifest.csv); \
+	echo "curl -s -X POST http://127.0.0.1:8000/v1/appraisals -H \"Authorization: Bearer $$(cat $(DEMO_DIR)/app-key)\" -H 'Idempotency-Key: demo-$$item' -F member_id=demo-member -F member_tier=explorer -F category=$$category$$parts" > $(DEMO_DIR)/appraise.sh; \
+	echo; echo "The service starts on http://127.0.0.1:8000 (docs at /docs). In another terminal:"; \
+	echo "  sh $(DEMO_DIR)/appraise.sh | python3 -m json.tool"; \
+	echo "which runs:"; cat $(DEMO_DIR)/appraise.sh; echo
+	$(BIN)/touchstone serve --model $(DEMO_DIR)/model --data-dir $(DEMO_DIR)/service --port 8000
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

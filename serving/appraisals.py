@@ -282,17 +282,28 @@ class AppraisalService:
             )
         unusable = [(p.region, p.problems) for p in new_photos if not p.usable]
         photo_count = len(scored) if model_ready else len([*(earlier or []), *usable])
-        if last_round and unusable:
+        if last_round and (unusable or photo_count < self.policy.min_photos):
             # The member has tried enough times: a person decides from what there is.
-            unusable = []
+            high_value = (request.declared_value or 0) > self.policy.high_value_cny
+            decision = RoutingDecision(
+                status="in_review",
+                outcome=None,
+                path="human",
+                rule="photos_exhausted",
+                reasons=[
+                    f"the photos are still not usable after {MAX_PHOTO_ROUNDS} rounds, so a "
+                    "reviewer decides from what there is"
+                ],
+                reviews_required=2 if high_value else 1,
+                sla_hours=self.policy.sla_for(request.member_tier),
+            )
+            return Judgement(decision, runtime if model_ready else None, p_authentic)
         decision = route(
             RoutingRequest(
                 member_tier=request.member_tier,
                 category=request.category,
                 declared_value_cny=request.declared_value,
-                photo_count=photo_count
-                if not last_round
-                else max(photo_count, self.policy.min_photos),
+                photo_count=photo_count,
                 unusable_photos=unusable,
                 model_ready=model_ready,
                 p_authentic=p_authentic,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -276,6 +277,17 @@ def test_an_unusable_photo_asks_for_more_photos(server: Server, tiny_synthetic: 
         )
         assert late.status_code == 409 and late.json()["code"] == "invalid_state"
 
+        # Three rounds of unusable photos: a person decides from what there is.
+        stuck = client.post("/v1/appraisals", data=form(member="m-dark"), files=[dark, dark])
+        assert stuck.json()["status"] == "awaiting_photos"
+        rounds = [
+            client.post(f"/v1/appraisals/{stuck.json()['id']}/photos", files=[dark]).json()
+            for _ in range(2)
+        ]
+        assert [r["status"] for r in rounds] == ["awaiting_photos", "in_review"]
+        assert rounds[-1]["decision"]["rule"] == "photos_exhausted"
+        assert rounds[-1]["photo_rounds"] == 3
+
 
 def test_without_a_model_uploads_are_kept_and_go_to_people(
     tmp_path: Path, tiny_synthetic: Path
@@ -375,3 +387,76 @@ def test_schema_matches_the_migrations(tmp_path: Path) -> None:
     with engine.connect() as connection:
         differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
     assert differences == []
+
+
+def test_admins_switch_models_without_dropping_requests(
+    tmp_path: Path, tiny_model: Path, tiny_synthetic: Path
+) -> None:
+    import shutil
+    import threading
+
+    other = tmp_path / "other-model"
+    shutil.copytree(tiny_model, other)
+    card = json.loads((other / "model.json").read_text())
+    card["version"] = "switched"
+    (other / "model.json").write_text(json.dumps(card))
+    server = start_server(tmp_path / "data", tiny_model, extra=["--max-wait-ms", "20"])
+    try:
+        app, admin = server.key("app"), server.key("admin")
+        answers: list[httpx.Response] = []
+        done = threading.Event()
+
+        def keep_submitting(worker: int) -> None:
+            with server.client(app) as client:
+                n = 0
+                while not done.is_set() or n < 3:
+                    answers.append(
+                        client.post(
+                            "/v1/appraisals",
+                            data=form(member=f"m-switch-{worker}"),
+                            files=item_photos(tiny_synthetic, n % 8),
+                        )
+                    )
+                    n += 1
+
+        workers = [threading.Thread(target=keep_submitting, args=(w,)) for w in range(4)]
+        for worker in workers:
+            worker.start()
+        with server.client(admin) as client:
+            refused = client.post("/v1/models", json={"source": str(tmp_path / "nowhere")})
+            assert refused.status_code == 422 and refused.json()["code"] == "model_unusable"
+            switched = client.post("/v1/models", json={"source": str(other)})
+            assert switched.status_code == 200, switched.text
+            assert switched.json()["version"] == "switched"
+        done.set()
+        for worker in workers:
+            worker.join(timeout=120)
+        assert answers and all(a.status_code == 201 for a in answers), [
+            a.text for a in answers if a.status_code != 201
+        ]
+        versions = [a.json()["model"]["version"] for a in answers]
+        assert versions[-1] == "switched" and versions[0] != "switched"
+        with server.client(app) as client:
+            assert client.get("/v1/models").json()["card"]["version"] == "switched"
+            forbidden = client.post("/v1/models", json={"source": str(other)})
+            assert forbidden.status_code == 403
+    finally:
+        stop(server)
+
+
+def test_photos_are_encrypted_at_rest_when_a_key_is_set(
+    tmp_path: Path, tiny_synthetic: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import base64
+    import os
+
+    monkeypatch.setenv("TOUCHSTONE_PHOTO_KEY", base64.b64encode(os.urandom(32)).decode())
+    server = start_server(tmp_path / "data", None)
+    try:
+        with server.client(server.key("app")) as client:
+            answer = client.post("/v1/appraisals", data=form(), files=item_photos(tiny_synthetic))
+            assert answer.status_code == 201
+        stored = [p for p in (tmp_path / "data" / "photos").rglob("*") if p.is_file()]
+        assert stored and not any(p.read_bytes().startswith(b"\xff\xd8") for p in stored)
+    finally:
+        stop(server)

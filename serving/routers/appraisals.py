@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from asyncio import to_thread
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -136,8 +137,6 @@ async def get_appraisal(
     appraisals: Service,
     _: Caller = Depends(require("app", "platform", "reviewer", "senior", "admin")),
 ) -> AppraisalOut:
-    from asyncio import to_thread
-
     return AppraisalOut.of(await to_thread(appraisals.get, appraisal_id))
 
 
@@ -150,8 +149,6 @@ async def list_appraisals(
     _: Caller = Depends(require("app", "platform", "admin")),
 ) -> AppraisalPage:
     """A member's appraisals, newest first."""
-    from asyncio import to_thread
-
     rows = await to_thread(appraisals.list_for_member, member_id, limit + 1, offset)
     return AppraisalPage(
         items=[AppraisalOut.of(a) for a in rows[:limit]],
