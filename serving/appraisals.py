@@ -237,7 +237,7 @@ class AppraisalService:
             except PhotoError as exc:
                 status = 413 if exc.code == "too_many_pixels" else 422
                 raise ApiError(status, exc.code, f"{photo.region} photo: {exc}") from exc
-            photo.stored = self.store.put(photo.data)
+            photo.stored = self.store.put(photo.data, photo.image)
             quality = assess_photo(photo.image, self.policy)
             photo.usable, photo.problems = quality.usable, list(quality.problems)
 

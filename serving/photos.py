@@ -104,12 +104,13 @@ class PhotoStore:
     def encrypted(self) -> bool:
         return self._aead is not None
 
-    def put(self, upload: bytes) -> StoredPhoto:
-        """Strip the upload's metadata, store the clean photo, and describe it.
+    def put(self, upload: bytes, decoded: Image.Image | None = None) -> StoredPhoto:
+        """Strip the upload's metadata, store the clean photo, and describe it. `decoded`:
+        the upload already decoded by `decode_photo`, when the caller has it (saves a decode).
 
         Raises `touchstone.imaging.PhotoError` unchanged for an upload that is not a usable photo.
         """
-        image = decode_photo(upload)
+        image = decoded if decoded is not None else decode_photo(upload)
         # A fresh image carries pixels only: no info dict, so no EXIF, XMP, ICC or text chunks
         # can ride along into the encoder.
         clean_image = Image.frombytes("RGB", image.size, image.tobytes())

@@ -81,7 +81,9 @@ class ModelManager:
             try:
                 cache = self.settings.data_dir / "models"
                 model_dir = await asyncio.to_thread(fetch_model_dir, source, cache)
-                model = await asyncio.to_thread(OnnxModel, Path(model_dir), self.settings.threads)
+                model = await asyncio.to_thread(
+                    OnnxModel, Path(model_dir), self.settings.threads, False
+                )
                 runtime = ModelRuntime(model, self.settings, self.metrics)
                 try:
                     await runtime.start()

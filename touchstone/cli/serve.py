@@ -23,6 +23,7 @@ def serve(
     max_queue: int = typer.Option(256, help="photos waiting for the model before 503"),
     max_request_mb: float = typer.Option(64.0, help="largest request body"),
     max_photo_mb: float = typer.Option(16.0, help="largest photo"),
+    threads: int | None = typer.Option(None, help="ONNX Runtime threads [all cores]"),
 ) -> None:
     """Run the appraisal API (TOUCHSTONE_DATABASE_URL picks the database)."""
     import uvicorn
@@ -40,6 +41,7 @@ def serve(
         max_queue=max_queue,
         max_request_bytes=int(max_request_mb * 2**20),
         max_photo_bytes=int(max_photo_mb * 2**20),
+        threads=threads,
     )
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
 
