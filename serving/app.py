@@ -23,7 +23,8 @@ from serving.errors import error_body, install_handlers
 from serving.metrics import ServiceMetrics
 from serving.photos import PhotoStore
 from serving.policy import load_policy
-from serving.routers import appraisals, system
+from serving.review import ReviewService
+from serving.routers import appraisals, review, system
 from serving.runtime import ModelManager
 from serving.settings import ServiceSettings
 from touchstone.vocabulary import DEFAULT_REGIONS
@@ -99,14 +100,17 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             metrics,
             settings.max_pixels,
         )
-        loading = None
+        app.state.review = ReviewService(
+            app.state.sessions, settings.review_lease_seconds, settings.blind_scores
+        )
+        tasks = [asyncio.create_task(_watch_sla(app.state.review, metrics, settings))]
         if settings.model:
-            loading = asyncio.create_task(_load(models, settings.model))
+            tasks.append(asyncio.create_task(_load(models, settings.model)))
         try:
             yield
         finally:
-            if loading is not None:
-                loading.cancel()
+            for task in tasks:
+                task.cancel()
             await models.close()
             engine.dispose()
 
@@ -118,6 +122,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     )
     install_handlers(app)
     app.include_router(appraisals.router)
+    app.include_router(review.router)
     app.include_router(system.router)
 
     def regions() -> tuple[str, ...]:
@@ -149,3 +154,22 @@ async def _load(models: ModelManager, source: str) -> None:
     except Exception:
         # Uploads keep flowing to people; /readyz and /v1/models show the error.
         log.exception("could not load the model %s", source)
+
+
+async def _watch_sla(
+    reviews: ReviewService, metrics: ServiceMetrics, settings: ServiceSettings
+) -> None:
+    """Flag review tasks past their SLA (an `sla_breached` event each) and keep the queue
+    gauges current."""
+    while True:
+        try:
+            breached, stale = await asyncio.to_thread(reviews.flag_sla_breaches)
+            metrics.sla_breaches.inc(breached)
+            metrics.stale_tasks.set(stale)
+            for state, count in (await asyncio.to_thread(reviews.queue)).items():
+                metrics.review_queue.labels(state).set(count)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("the SLA sweep failed; it runs again")
+        await asyncio.sleep(settings.sla_sweep_seconds)

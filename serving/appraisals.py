@@ -35,11 +35,11 @@ from serving.policy import (
     route,
     sla_due,
 )
+from serving.review import MAX_PHOTO_ROUNDS, tasks_for
 from serving.runtime import ModelManager, ModelRuntime
 from touchstone.decision import Thresholds, photo_probability, sigmoid
 from touchstone.imaging import PhotoError, decode_photo, to_model_input
 
-MAX_PHOTO_ROUNDS = 3  # rounds of "send better photos" before a person takes over
 IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9._:\-]{8,255}$")
 
 
@@ -186,6 +186,19 @@ class AppraisalService:
             judgement = await self._decide(
                 request, photos, runtime, earlier=earlier, last_round=round_ >= MAX_PHOTO_ROUNDS
             )
+        if appraisal.rule == "reviewer_needs_more_photos" and judgement.decision.status != (
+            "awaiting_photos"
+        ):
+            # A reviewer asked for these photos: a reviewer decides, whatever the model says.
+            judgement.decision = RoutingDecision(
+                status="in_review",
+                outcome=None,
+                path="human",
+                rule="photos_for_reviewer",
+                reasons=["new photos for the reviewer who asked for them"],
+                reviews_required=max(1, appraisal.reviews_required),
+                sla_hours=self.policy.sla_for(appraisal.member_tier),
+            )
         updated = await asyncio.to_thread(self._update, appraisal_id, photos, round_, judgement)
         self._count(judgement.decision)
         return updated
@@ -222,6 +235,7 @@ class AppraisalService:
                         detail={},
                     )
                 )
+                session.add_all(tasks_for(appraisal))
             return self.get(appraisal_id)
 
         return await asyncio.to_thread(write)
@@ -352,6 +366,8 @@ class AppraisalService:
         try:
             with self.sessions() as session, session.begin():
                 session.add(appraisal)
+                if appraisal.status == "in_review":
+                    session.add_all(tasks_for(appraisal))
         except IntegrityError:
             if request.idempotency_key:
                 return None
@@ -381,6 +397,8 @@ class AppraisalService:
             event = _event("photos_added", judgement.decision)
             event.appraisal_id = appraisal.id
             session.add(event)
+            if appraisal.status == "in_review":
+                session.add_all(tasks_for(appraisal))
         return self.get(appraisal_id)
 
     def _count(self, decision: RoutingDecision) -> None:

@@ -16,8 +16,10 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
+    Text,
     UniqueConstraint,
     create_engine,
     event,
@@ -77,6 +79,7 @@ class Appraisal(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     sla_due_at: Mapped[dt.datetime] = mapped_column()
+    finalized_at: Mapped[dt.datetime | None] = mapped_column(default=None)
 
     photos: Mapped[list[Photo]] = relationship(
         back_populates="appraisal", order_by="Photo.id", cascade="all, delete-orphan"
@@ -119,6 +122,57 @@ class AppraisalEvent(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
     appraisal: Mapped[Appraisal] = relationship(back_populates="events")
+
+
+class ReviewTask(Base):
+    """One person's review of one appraisal. Claimed under a lease: a reviewer who goes away
+    loses the task when the lease runs out, and the next claim picks it up."""
+
+    __tablename__ = "review_tasks"
+    __table_args__ = (Index("ix_review_tasks_status_due_at", "status", "due_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    appraisal_id: Mapped[str] = mapped_column(ForeignKey("appraisals.id"), index=True)
+    stage: Mapped[str] = mapped_column(String(16))  # review, double, escalation
+    required_role: Mapped[str] = mapped_column(String(16))  # reviewer (or senior), senior
+    blind: Mapped[bool] = mapped_column(default=False)
+    status: Mapped[str] = mapped_column(
+        String(16), default="open"
+    )  # open, claimed, done, cancelled
+    due_at: Mapped[dt.datetime] = mapped_column()
+    claimed_by: Mapped[int | None] = mapped_column(Integer, default=None)  # api key id
+    claimed_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    done_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    sla_breached_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Verdict(Base):
+    __tablename__ = "verdicts"
+    __table_args__ = (UniqueConstraint("task_id", name="uq_verdicts_task_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("review_tasks.id"))
+    appraisal_id: Mapped[str] = mapped_column(ForeignKey("appraisals.id"), index=True)
+    reviewer: Mapped[int] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(String(20))
+    notes: Mapped[str] = mapped_column(Text, default="")
+    findings: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class AuditEntry(Base):
+    """Who saw a member's photos and who decided what: append-only, never updated."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    actor: Mapped[int] = mapped_column(Integer)  # api key id
+    action: Mapped[str] = mapped_column(String(32))
+    appraisal_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
 def default_database_url(data_dir: Path) -> str:

@@ -46,6 +46,17 @@ class ServiceMetrics:
         self.overloaded = Counter(
             "touchstone_overloaded_total", "uploads refused with 503 (queue full)", registry=r
         )
+        self.sla_breaches = Counter(
+            "touchstone_review_sla_breaches_total", "review tasks that passed their SLA", registry=r
+        )
+        self.stale_tasks = Gauge(
+            "touchstone_review_tasks_open_over_72h",
+            "review tasks open longer than 72 hours (an operational alert)",
+            registry=r,
+        )
+        self.review_queue = Gauge(
+            "touchstone_review_queue", "review tasks by SLA state", ["state"], registry=r
+        )
         self.model_ready = Gauge("touchstone_model_ready", "1 when a model is warm", registry=r)
         self.model = Info("touchstone_model", "the model in service", registry=r)
 

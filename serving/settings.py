@@ -30,6 +30,11 @@ class ServiceSettings(BaseModel):
     max_queue: int = Field(256, ge=1)
     batching: bool = True
     threads: int | None = Field(None, ge=1)  # ONNX Runtime threads; default: all cores
+    # The review queue: how long a claim lasts without a heartbeat, whether double reviews hide
+    # the model's scores, and how often tasks past their SLA are flagged.
+    review_lease_seconds: float = Field(600.0, gt=0)
+    blind_scores: bool = True
+    sla_sweep_seconds: float = Field(30.0, gt=0)
 
     @classmethod
     def from_env(cls, **values: object) -> ServiceSettings:

@@ -24,6 +24,8 @@ def serve(
     max_request_mb: float = typer.Option(64.0, help="largest request body"),
     max_photo_mb: float = typer.Option(16.0, help="largest photo"),
     threads: int | None = typer.Option(None, help="ONNX Runtime threads [all cores]"),
+    review_lease_seconds: float = typer.Option(600.0, help="a review claim without heartbeat"),
+    sla_sweep_seconds: float = typer.Option(30.0, help="how often overdue reviews are flagged"),
 ) -> None:
     """Run the appraisal API (TOUCHSTONE_DATABASE_URL picks the database)."""
     import uvicorn
@@ -42,6 +44,8 @@ def serve(
         max_request_bytes=int(max_request_mb * 2**20),
         max_photo_bytes=int(max_photo_mb * 2**20),
         threads=threads,
+        review_lease_seconds=review_lease_seconds,
+        sla_sweep_seconds=sla_sweep_seconds,
     )
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
 

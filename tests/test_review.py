@@ -1,0 +1,286 @@
+"""The human review queue through real HTTP: leases, verdicts, double review, escalation."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from serving_support import Server, postgres_database, start_server, stop
+from sqlalchemy import func, select
+from test_serving import form, item_photos
+
+HIGH_VALUE = {"declared_value": "80000"}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    if request.param == "sqlite":
+        yield None
+    else:
+        with postgres_database() as url:
+            yield url
+
+
+def _start(tmp_path: Path, model: Path | None, database_url: str | None = None) -> Server:
+    return start_server(
+        tmp_path / "data",
+        model,
+        database_url,
+        extra=["--review-lease-seconds", "2", "--sla-sweep-seconds", "0.5"],
+    )
+
+
+@pytest.fixture
+def humans_only(tmp_path: Path, database_url: str | None) -> Iterator[Server]:
+    """No model: every upload goes to people."""
+    server = _start(tmp_path, None, database_url)
+    yield server
+    stop(server)
+
+
+def submit(server: Server, key: str, manifest: Path, index: int = 0, **fields: str) -> dict:
+    with server.client(key) as client:
+        answer = client.post(
+            "/v1/appraisals", data=form(**fields), files=item_photos(manifest, index)
+        )
+        assert answer.status_code == 201, answer.text
+        return answer.json()
+
+
+def test_claim_view_verdict_and_finalize(humans_only: Server, tiny_synthetic: Path) -> None:
+    server = humans_only
+    app, alice = server.key("app"), server.key("reviewer")
+    appraisal = submit(server, app, tiny_synthetic, member="member-8841")
+    assert appraisal["status"] == "in_review"
+    with server.client(alice) as client:
+        task = client.post("/v1/review/claim").json()
+        assert task["appraisal"]["id"] == appraisal["id"]
+        assert task["appraisal"]["member"] == "me***41"  # masked
+        assert task["task"]["stage"] == "review" and task["task"]["lease_expires_at"]
+        assert client.post("/v1/review/claim").json()["task"]["id"] == task["task"]["id"]
+        photo = task["photos"][0]
+        image = client.get(f"/v1/review/tasks/{task['task']['id']}/photos/{photo['sha256']}")
+        assert image.status_code == 200 and image.content[:3] == b"\xff\xd8\xff"
+        done = client.post(
+            f"/v1/review/tasks/{task['task']['id']}/verdict",
+            json={
+                "outcome": "authentic",
+                "notes": "engraving depth and stitch pitch as the brand's",
+                "findings": [{"region": "hardware", "note": "crisp serial"}],
+            },
+        )
+        assert done.status_code == 200, done.text
+        assert done.json()["status"] == "finalized" and done.json()["decision"]["outcome"] == (
+            "authentic"
+        )
+        assert client.post("/v1/review/claim").status_code == 204
+        again = client.post(
+            f"/v1/review/tasks/{task['task']['id']}/verdict", json={"outcome": "counterfeit"}
+        )
+        assert again.status_code == 409 and again.json()["code"] == "lease_lost"
+        bad = client.post(f"/v1/review/tasks/{task['task']['id']}/verdict", json={"outcome": "?"})
+        assert bad.status_code == 422
+    with server.client(app) as client:
+        shown = client.get(f"/v1/appraisals/{appraisal['id']}").json()
+        assert shown["status"] == "finalized" and shown["decision"]["outcome"] == "authentic"
+        assert client.post("/v1/review/claim").status_code == 403  # the app is no reviewer
+
+    from serving.db import AuditEntry, default_database_url, make_engine, make_sessionmaker
+
+    engine = make_engine(server.database_url or default_database_url(server.data_dir))
+    with make_sessionmaker(engine)() as session:
+        actions = session.scalars(
+            select(AuditEntry.action).where(AuditEntry.appraisal_id == appraisal["id"])
+        ).all()
+    engine.dispose()
+    assert {"claim", "view_photos", "view_photo", "verdict"} <= set(actions)
+
+
+def test_an_expired_lease_goes_to_the_next_reviewer(
+    humans_only: Server, tiny_synthetic: Path
+) -> None:
+    server = humans_only
+    app, alice, bob = server.key("app"), server.key("reviewer"), server.key("reviewer")
+    first = submit(server, app, tiny_synthetic, 0)
+    second = submit(server, app, tiny_synthetic, 1)
+    with server.client(alice) as a, server.client(bob) as b:
+        held = a.post("/v1/review/claim").json()["task"]["id"]
+        other = b.post("/v1/review/claim").json()["task"]["id"]
+        assert held != other
+        # Alice keeps her lease alive; Bob walks away from his.
+        for _ in range(3):
+            time.sleep(1.0)
+            assert a.post(f"/v1/review/tasks/{held}/heartbeat").status_code == 200
+        taken = a.post(f"/v1/review/tasks/{held}/verdict", json={"outcome": "counterfeit"})
+        assert taken.status_code == 200
+        reassigned = a.post("/v1/review/claim").json()
+        assert reassigned["task"]["id"] == other  # Bob's lease ran out
+        late = b.post(f"/v1/review/tasks/{other}/verdict", json={"outcome": "authentic"})
+        assert late.status_code == 409 and late.json()["code"] == "lease_lost"
+        assert b.post(f"/v1/review/tasks/{other}/heartbeat").status_code == 409
+        a.post(f"/v1/review/tasks/{other}/release")
+        assert b.post("/v1/review/claim").json()["task"]["id"] == other
+        assert (
+            b.post(f"/v1/review/tasks/{other}/verdict", json={"outcome": "authentic"}).json()[
+                "status"
+            ]
+            == "finalized"
+        )
+    with server.client(app) as client:
+        assert {
+            client.get(f"/v1/appraisals/{x['id']}").json()["decision"]["outcome"]
+            for x in (first, second)
+        } == {"counterfeit", "authentic"}
+
+
+def test_blind_double_review_and_senior_escalation(
+    tmp_path: Path, tiny_model: Path, tiny_synthetic: Path
+) -> None:
+    server = _start(tmp_path, tiny_model)
+    try:
+        app = server.key("app")
+        alice, bob, carol, senior = (server.key(r) for r in ("reviewer",) * 3 + ("senior",))
+        item = submit(server, app, tiny_synthetic, 0, **HIGH_VALUE)
+        assert item["decision"]["reviews_required"] == 2
+        assert item["decision"]["p_authentic"] is not None
+        with server.client(alice) as a, server.client(bob) as b, server.client(carol) as c:
+            first = a.post("/v1/review/claim").json()
+            assert first["task"]["stage"] == "double" and first["task"]["blind"]
+            assert first["appraisal"]["p_authentic"] is None
+            assert all(p["score"] is None for p in first["photos"])
+            verdict = a.post(
+                f"/v1/review/tasks/{first['task']['id']}/verdict", json={"outcome": "authentic"}
+            ).json()
+            assert verdict["status"] == "in_review"  # one of two
+            assert a.post("/v1/review/claim").status_code == 204  # not both halves
+            second = b.post("/v1/review/claim").json()
+            assert second["task"]["stage"] == "double" and second["other_verdicts"] == []
+            assert second["appraisal"]["p_authentic"] is None
+            b.post(
+                f"/v1/review/tasks/{second['task']['id']}/verdict",
+                json={"outcome": "counterfeit", "notes": "letter spacing off"},
+            )
+            assert c.post("/v1/review/claim").status_code == 204  # escalations are for seniors
+        with server.client(senior) as s:
+            escalation = s.post("/v1/review/claim").json()
+            assert escalation["task"]["stage"] == "escalation"
+            assert sorted(v["outcome"] for v in escalation["other_verdicts"]) == [
+                "authentic",
+                "counterfeit",
+            ]
+            assert escalation["appraisal"]["p_authentic"] is not None
+            final = s.post(
+                f"/v1/review/tasks/{escalation['task']['id']}/verdict",
+                json={"outcome": "counterfeit"},
+            ).json()
+            assert final["status"] == "finalized" and final["decision"]["outcome"] == "counterfeit"
+    finally:
+        stop(server)
+
+
+def test_needs_more_photos_rounds_end_inconclusive(
+    humans_only: Server, tiny_synthetic: Path
+) -> None:
+    server = humans_only
+    app, alice = server.key("app"), server.key("reviewer")
+    appraisal = submit(server, app, tiny_synthetic)
+    with server.client(alice) as reviewer, server.client(app) as member:
+        for round_ in (1, 2, 3):
+            task = reviewer.post("/v1/review/claim").json()
+            assert task["appraisal"]["photo_rounds"] == round_
+            after = reviewer.post(
+                f"/v1/review/tasks/{task['task']['id']}/verdict",
+                json={"outcome": "needs_more_photos", "notes": "logo out of focus"},
+            ).json()
+            if round_ < 3:
+                assert after["status"] == "awaiting_photos"
+                more = member.post(
+                    f"/v1/appraisals/{appraisal['id']}/photos",
+                    files=item_photos(tiny_synthetic, round_)[:2],
+                )
+                assert more.status_code == 200 and more.json()["status"] == "in_review"
+                assert more.json()["decision"]["rule"] == "photos_for_reviewer"
+        assert after["status"] == "finalized" and after["decision"]["outcome"] == "inconclusive"
+
+
+def test_an_overdue_task_is_flagged_once(humans_only: Server, tiny_synthetic: Path) -> None:
+    import datetime as dt
+
+    from sqlalchemy import update
+
+    from serving.db import (
+        AppraisalEvent,
+        ReviewTask,
+        default_database_url,
+        make_engine,
+        make_sessionmaker,
+    )
+
+    server = humans_only
+    appraisal = submit(server, server.key("app"), tiny_synthetic)
+    engine = make_engine(server.database_url or default_database_url(server.data_dir))
+    sessions = make_sessionmaker(engine)
+    with sessions() as session, session.begin():
+        session.execute(
+            update(ReviewTask).values(due_at=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1))
+        )
+    time.sleep(2.0)  # a few sweeps
+    with sessions() as session:
+        events = session.scalar(
+            select(func.count(AppraisalEvent.id)).where(
+                AppraisalEvent.appraisal_id == appraisal["id"],
+                AppraisalEvent.kind == "sla_breached",
+            )
+        )
+    engine.dispose()
+    assert events == 1
+    with server.client(server.key("reviewer")) as client:
+        assert client.get("/v1/review/queue").json()["overdue"] == 1
+        assert "touchstone_review_sla_breaches_total 1.0" in client.get("/metrics").text
+
+
+def test_32_reviewers_on_postgresql_never_share_a_task(
+    tmp_path: Path, tiny_synthetic: Path
+) -> None:
+    with postgres_database() as url:
+        server = _start(tmp_path, None, url)
+        try:
+            app = server.key("app")
+            appraisals = [submit(server, app, tiny_synthetic, n % 8)["id"] for n in range(64)]
+            keys = [server.key("reviewer") for _ in range(32)]
+            seen: list[tuple[int, int]] = []
+            errors: list[str] = []
+            start = threading.Barrier(32)
+
+            def work(index: int) -> None:
+                with server.client(keys[index]) as client:
+                    start.wait()
+                    while True:
+                        claimed = client.post("/v1/review/claim")
+                        if claimed.status_code == 204:
+                            return
+                        task = claimed.json()["task"]["id"]
+                        seen.append((task, index))
+                        answer = client.post(
+                            f"/v1/review/tasks/{task}/verdict", json={"outcome": "authentic"}
+                        )
+                        if answer.status_code != 200:
+                            errors.append(answer.text)
+
+            threads = [threading.Thread(target=work, args=(i,)) for i in range(32)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=300)
+            assert errors == []
+            tasks = [task for task, _ in seen]
+            assert len(tasks) == len(set(tasks)) == 64  # no task claimed twice, none missed
+            with server.client(app) as client:
+                for appraisal_id in appraisals:
+                    shown = client.get(f"/v1/appraisals/{appraisal_id}").json()
+                    assert shown["status"] == "finalized", appraisal_id
+        finally:
+            stop(server)
