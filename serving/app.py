@@ -168,6 +168,17 @@ async def _watch_sla(
             metrics.stale_tasks.set(stale)
             for state, count in (await asyncio.to_thread(reviews.queue)).items():
                 metrics.review_queue.labels(state).set(count)
+            numbers = await asyncio.to_thread(reviews.quality)
+            for measure in (
+                "gold_accuracy",
+                "double_review_kappa",
+                "human_overturn_rate",
+                "audit_error_rate",
+                "audit_false_authentic_rate",
+                "queue_oldest_hours",
+            ):
+                if numbers.get(measure) is not None:
+                    metrics.review_quality.labels(measure).set(numbers[measure])
         except asyncio.CancelledError:
             raise
         except Exception:

@@ -85,6 +85,7 @@ class Judgement:
     decision: RoutingDecision
     runtime: ModelRuntime | None
     p_authentic: float | None
+    model_outcome: str | None = None  # what the model alone would have decided
 
     def columns(self) -> dict[str, object]:
         card = self.runtime.card if self.runtime else None
@@ -98,6 +99,7 @@ class Judgement:
             "reviews_required": self.decision.reviews_required,
             "model_name": card.name if card else None,
             "model_version": card.version if card else None,
+            "model_outcome": self.model_outcome,
         }
 
 
@@ -157,6 +159,27 @@ class AppraisalService:
             return existing, False
         self._count(judgement.decision)
         return created, True
+
+    async def create_gold(self, request: AppraisalRequest, truth: str) -> Appraisal:
+        """An item with a known truth for the review queue. It looks like any other task to
+        reviewers (a member-like id, a generic reason), so their accuracy on it is honest."""
+        await self._prepare(request.photos)
+        async with self.models.use() as runtime:
+            judgement = await self._decide(request, request.photos, runtime)
+        judgement.decision = RoutingDecision(
+            status="in_review",
+            outcome=None,
+            path="human",
+            rule="gold",
+            reasons=["the model is not sure enough to decide alone"],
+            reviews_required=1,
+            sla_hours=self.policy.sla_for(request.member_tier),
+        )
+        created = await asyncio.to_thread(
+            self._insert, request, request.fingerprint(), judgement, truth
+        )
+        assert created is not None
+        return created
 
     async def add_photos(self, appraisal_id: str, photos: list[PhotoUpload]) -> Appraisal:
         appraisal = await asyncio.to_thread(self.get, appraisal_id)
@@ -294,6 +317,10 @@ class AppraisalService:
             p_authentic = float(
                 sigmoid(aggregation.item_log_odds([(p.region, p.log_odds) for p in scored]))
             )
+        model_outcome = None
+        if p_authentic is not None:
+            thresholds = _thresholds(runtime, self.policy)
+            model_outcome = thresholds.route(p_authentic) if thresholds else None
         unusable = [(p.region, p.problems) for p in new_photos if not p.usable]
         photo_count = len(scored) if model_ready else len([*(earlier or []), *usable])
         if last_round and (unusable or photo_count < self.policy.min_photos):
@@ -311,7 +338,7 @@ class AppraisalService:
                 reviews_required=2 if high_value else 1,
                 sla_hours=self.policy.sla_for(request.member_tier),
             )
-            return Judgement(decision, runtime if model_ready else None, p_authentic)
+            return Judgement(decision, runtime if model_ready else None, p_authentic, model_outcome)
         decision = route(
             RoutingRequest(
                 member_tier=request.member_tier,
@@ -327,7 +354,7 @@ class AppraisalService:
             ),
             self.policy,
         )
-        return Judgement(decision, runtime if model_ready else None, p_authentic)
+        return Judgement(decision, runtime if model_ready else None, p_authentic, model_outcome)
 
     def _replay(self, key: str | None, fingerprint: str) -> Appraisal | None:
         with self.sessions() as session:
@@ -343,7 +370,11 @@ class AppraisalService:
         return existing
 
     def _insert(
-        self, request: AppraisalRequest, fingerprint: str, judgement: Judgement
+        self,
+        request: AppraisalRequest,
+        fingerprint: str,
+        judgement: Judgement,
+        gold_outcome: str | None = None,
     ) -> Appraisal | None:
         now = utcnow()
         appraisal = Appraisal(
@@ -359,6 +390,8 @@ class AppraisalService:
             created_at=now,
             updated_at=now,
             sla_due_at=sla_due(request.member_tier, now, self.policy),
+            is_gold=gold_outcome is not None,
+            gold_outcome=gold_outcome,
             **judgement.columns(),
         )
         appraisal.photos = _photo_rows(request.photos, 1, judgement.runtime)

@@ -23,6 +23,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    false,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
@@ -80,6 +81,12 @@ class Appraisal(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     sla_due_at: Mapped[dt.datetime] = mapped_column()
     finalized_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    # Gold items: made by admins with a known truth, to measure reviewers; never a member's.
+    is_gold: Mapped[bool] = mapped_column(default=False, server_default=false())
+    gold_outcome: Mapped[str | None] = mapped_column(String(20), default=None)
+    # What the model alone would have decided at its thresholds (authentic, counterfeit or
+    # human), whatever the policy then did: the audit sample measures it against reviewers.
+    model_outcome: Mapped[str | None] = mapped_column(String(20), default=None)
 
     photos: Mapped[list[Photo]] = relationship(
         back_populates="appraisal", order_by="Photo.id", cascade="all, delete-orphan"

@@ -57,6 +57,12 @@ class ServiceMetrics:
         self.review_queue = Gauge(
             "touchstone_review_queue", "review tasks by SLA state", ["state"], registry=r
         )
+        self.review_quality = Gauge(
+            "touchstone_review_quality",
+            "gold accuracy, double-review kappa, overturn and audit error rates",
+            ["measure"],
+            registry=r,
+        )
         self.model_ready = Gauge("touchstone_model_ready", "1 when a model is warm", registry=r)
         self.model = Info("touchstone_model", "the model in service", registry=r)
 

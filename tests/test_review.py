@@ -284,3 +284,51 @@ def test_32_reviewers_on_postgresql_never_share_a_task(
                     assert shown["status"] == "finalized", appraisal_id
         finally:
             stop(server)
+
+
+def test_gold_items_audit_sample_and_quality_numbers(
+    tmp_path: Path, tiny_model: Path, tiny_synthetic: Path
+) -> None:
+    from serving.review import cohen_kappa
+
+    assert cohen_kappa([("a", "a"), ("c", "c"), ("a", "c"), ("c", "c")]) == pytest.approx(0.5)
+    # Every automatic decision goes to the audit sample, at thresholds the tiny model reaches.
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("authentic_at: 0.5\ncounterfeit_at: 0.4999\naudit_share: 1.0\n")
+    server = start_server(tmp_path / "data", tiny_model, policy=policy)
+    try:
+        app, admin = server.key("app"), server.key("admin")
+        alice, senior = server.key("reviewer"), server.key("senior")
+        audited = submit(server, app, tiny_synthetic, 0)
+        assert audited["decision"]["rule"] == "audit_sample"
+        with server.client(admin) as client:
+            gold = client.post(
+                "/v1/review/gold",
+                data={"truth": "counterfeit", "category": "bag"},
+                files=item_photos(tiny_synthetic, 1),
+            )
+            assert gold.status_code == 201, gold.text
+            assert gold.json()["member_id"].startswith("m-")
+            unsure = client.post(
+                "/v1/review/gold", data={"truth": "maybe"}, files=item_photos(tiny_synthetic, 2)
+            )
+            assert unsure.status_code == 422 and unsure.json()["code"] == "invalid_field"
+        with server.client(alice) as client:
+            for _ in range(2):
+                task = client.post("/v1/review/claim").json()
+                # Gold or not, the task looks the same to the reviewer.
+                assert "gold" not in str(task).lower()
+                client.post(
+                    f"/v1/review/tasks/{task['task']['id']}/verdict", json={"outcome": "authentic"}
+                )
+        with server.client(senior) as client:
+            numbers = client.get("/v1/review/quality").json()
+        assert numbers["gold_verdicts"] == 1 and numbers["gold_accuracy"] == 0.0
+        assert numbers["audit_sample_reviewed"] == 1
+        model_said = audited["decision"]["p_authentic"] >= 0.5
+        assert numbers["audit_error_rate"] == (0.0 if model_said else 1.0)
+        assert numbers["queue_open"] == 0
+        with server.client(alice) as client:
+            assert client.get("/v1/review/quality").status_code == 403
+    finally:
+        stop(server)

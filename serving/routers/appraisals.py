@@ -32,8 +32,11 @@ def service(request: Request) -> AppraisalService:
 Service = Annotated[AppraisalService, Depends(service)]
 
 
-async def read_form(request: Request, regions: tuple[str, ...], max_photos: int):
-    """Parse the multipart body: fields, and photo parts named by region."""
+async def read_form(
+    request: Request, regions: tuple[str, ...], max_photos: int, extra: tuple[str, ...] = ()
+):
+    """Parse the multipart body: fields (`FIELDS` and `extra`), and photo parts named by
+    region."""
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
         raise ApiError(
@@ -60,7 +63,7 @@ async def read_form(request: Request, regions: tuple[str, ...], max_photos: int)
                     413, "photo_too_large", f"a {name} photo is over {limit // 2**20} MiB"
                 )
             photos.append(PhotoUpload(name, await value.read()))
-        elif name in FIELDS:
+        elif name in FIELDS or name in extra:
             if name in fields:
                 raise ApiError(422, "invalid_field", f"{name} is given twice")
             fields[name] = value

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import secrets
 from asyncio import to_thread
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, Field
 
+from serving.appraisals import AppraisalRequest
 from serving.auth import Caller, require
+from serving.errors import ApiError
 from serving.review import ReviewService, VerdictIn
+from serving.routers.appraisals import read_form
 from serving.schemas import AppraisalOut
 
 router = APIRouter(prefix="/v1/review", tags=["review"])
@@ -100,3 +104,37 @@ async def verdict(
         VerdictIn(body.outcome, body.notes, [f.model_dump() for f in body.findings]),
     )
     return AppraisalOut.of(await to_thread(request.app.state.appraisals.get, appraisal_id))
+
+
+@router.get("/quality")
+async def quality(
+    reviews: Service, _: Caller = Depends(require("senior", "admin"))
+) -> dict[str, Any]:
+    """Queue depth and age, throughput per reviewer, accuracy on gold items, agreement of
+    double reviews (Cohen's kappa), overturns of the model, error rate on the audit sample."""
+    return await to_thread(reviews.quality)
+
+
+@router.post("/gold", status_code=201, response_model=AppraisalOut)
+async def add_gold_item(request: Request, _: Caller = Depends(require("admin"))) -> AppraisalOut:
+    """An item with known truth (form field `truth`: authentic or counterfeit) that enters the
+    queue looking like any other; reviewers' accuracy on such items is measured."""
+    appraisals = request.app.state.appraisals
+    fields, photos = await read_form(
+        request, request.app.state.regions(), appraisals.policy.max_photos, extra=("truth",)
+    )
+    truth = (fields.pop("truth", "") or "").strip()
+    if truth not in ("authentic", "counterfeit"):
+        raise ApiError(422, "invalid_field", "truth must be authentic or counterfeit")
+    if not photos:
+        raise ApiError(422, "no_photos", "a gold item needs photos")
+    gold = AppraisalRequest(
+        member_id=f"m-{secrets.token_hex(4)}",  # like a member's, so it does not stand out
+        member_tier="explorer",
+        category=(fields.get("category") or "bag").strip().lower(),
+        brand=(fields.get("brand") or "").strip() or None,
+        declared_value=None,
+        photos=photos,
+        idempotency_key=None,
+    )
+    return AppraisalOut.of(await appraisals.create_gold(gold, truth))
