@@ -47,19 +47,26 @@ demo: $(STAMP)
 	$(BIN)/touchstone evaluate --model $(DEMO_DIR)/model --data $(DEMO_DIR)/holdout/manifest.csv --split test --out $(DEMO_DIR)/evaluation
 	$(MAKE) --no-print-directory serve-demo
 
-# The appraisal API on the demo model, in the foreground (Ctrl-C stops it), with a ready-made
-# request: an app key, and a curl command that uploads one test item's photos.
+# The appraisal API on the demo model, in the foreground (Ctrl-C stops it): an app key and a
+# curl command that uploads one test item's photos, a reviewer key, and a few items waiting in
+# the review queue for the reviewers' web app.
 serve-demo: $(STAMP)
 	rm -rf $(DEMO_DIR)/service
 	$(BIN)/touchstone admin create-key --role app --data-dir $(DEMO_DIR)/service --label demo | tail -n 1 > $(DEMO_DIR)/app-key
+	$(BIN)/touchstone admin create-key --role reviewer --data-dir $(DEMO_DIR)/service --label demo-reviewer | tail -n 1 > $(DEMO_DIR)/reviewer-key
 	@item=$$(awk -F, '$$8=="test" {print $$2; exit}' $(DEMO_DIR)/holdout/manifest.csv); \
 	category=$$(awk -F, -v item=$$item '$$2==item {print $$5; exit}' $(DEMO_DIR)/holdout/manifest.csv); \
 	parts=$$(awk -F, -v item=$$item -v dir=$(DEMO_DIR)/holdout '$$2==item {printf " -F %s=@%s/%s", $$3, dir, $$1}' $(DEMO_DIR)/holdout/manifest.csv); \
-	echo "curl -s -X POST http://127.0.0.1:8000/v1/appraisals -H \"Authorization: Bearer $$(cat $(DEMO_DIR)/app-key)\" -H 'Idempotency-Key: demo-$$item' -F member_id=demo-member -F member_tier=explorer -F category=$$category$$parts" > $(DEMO_DIR)/appraise.sh; \
-	echo; echo "The service starts on http://127.0.0.1:8000 (docs at /docs). In another terminal:"; \
-	echo "  sh $(DEMO_DIR)/appraise.sh | python3 -m json.tool"; \
-	echo "which runs:"; cat $(DEMO_DIR)/appraise.sh; echo
-	$(BIN)/touchstone serve --model $(DEMO_DIR)/model --data-dir $(DEMO_DIR)/service --port 8000
+	echo "curl -s -X POST http://127.0.0.1:8000/v1/appraisals -H \"Authorization: Bearer $$(cat $(DEMO_DIR)/app-key)\" -H 'Idempotency-Key: demo-$$item' -F member_id=demo-member -F member_tier=explorer -F category=$$category$$parts" > $(DEMO_DIR)/appraise.sh
+	@$(BIN)/touchstone serve --model $(DEMO_DIR)/model --data-dir $(DEMO_DIR)/service --port 8000 & server=$$!; \
+	trap 'kill $$server 2>/dev/null' INT TERM EXIT; \
+	$(BIN)/python -m serving.demo --url http://127.0.0.1:8000 --key $$(cat $(DEMO_DIR)/app-key) --manifest $(DEMO_DIR)/holdout/manifest.csv; \
+	echo; echo "The service runs on http://127.0.0.1:8000 (API docs at /docs; Ctrl-C stops it)."; \
+	echo "Appraise a test item from another terminal:  sh $(DEMO_DIR)/appraise.sh | python3 -m json.tool"; \
+	echo "which runs:"; cat $(DEMO_DIR)/appraise.sh; echo; \
+	echo "Reviewers: open http://127.0.0.1:8000/review/login and sign in with the key in $(DEMO_DIR)/reviewer-key:"; \
+	cat $(DEMO_DIR)/reviewer-key; \
+	wait $$server
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache
