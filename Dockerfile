@@ -13,11 +13,13 @@ COPY training ./training
 COPY serving ./serving
 ENV NO_ALBUMENTATIONS_UPDATE=1 MLFLOW_DISABLE_TELEMETRY=true HF_HUB_OFFLINE=1
 
-# Training, evaluation and the test suite: torch, timm, MLflow and the rest.
+# Training, evaluation and the test suite: torch, timm, MLflow and the rest, and Debian's
+# Chromium for the browser tests (`make install` apt-installs it).
 FROM source AS train
 COPY configs ./configs
 COPY tests ./tests
-RUN make install PYTHON=python3.11
+RUN make install PYTHON=python3.11 \
+    && rm -rf /var/lib/apt/lists/*
 ENV PATH=/app/.venv/bin:$PATH
 CMD ["touchstone", "--help"]
 

@@ -13,7 +13,9 @@ DEMO_DIR ?= experiments/demo
 
 .PHONY: install install-serve test lint demo serve-demo clean mlflow-ui
 
+# The browser tests drive Debian's Chromium (Playwright never downloads a browser here).
 $(STAMP): pyproject.toml
+	command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install torch==2.14.1 torchvision==0.29.1

@@ -27,6 +27,7 @@ from serving.review import ReviewService
 from serving.routers import appraisals, review, system
 from serving.runtime import ModelManager
 from serving.settings import ServiceSettings
+from serving.web import routes as web
 from touchstone.vocabulary import DEFAULT_REGIONS
 
 log = logging.getLogger("touchstone.serving")
@@ -124,6 +125,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     app.include_router(appraisals.router)
     app.include_router(review.router)
     app.include_router(system.router)
+    app.include_router(web.router)
+    app.mount("/review/static", web.static_files(), name="review_static")
 
     def regions() -> tuple[str, ...]:
         runtime = app.state.models.current

@@ -1,0 +1,1 @@
+"""The reviewers' web app under `/review`: server-rendered pages, a little plain JavaScript."""
