@@ -67,7 +67,7 @@ class VerdictIn:
     findings: list[dict[str, Any]]
 
 
-def _utc(value: dt.datetime | None) -> dt.datetime | None:
+def as_utc(value: dt.datetime | None) -> dt.datetime | None:
     if value is None:
         return None
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
@@ -339,7 +339,7 @@ class ReviewService:
                 )
             )
             now = utcnow()
-            due = _utc(task.due_at)
+            due = as_utc(task.due_at)
             return {
                 "task": {
                     "id": task.id,
@@ -348,7 +348,7 @@ class ReviewService:
                     "status": task.status,
                     "due_at": due,
                     "overdue": due is not None and due < now,
-                    "lease_expires_at": _utc(task.lease_expires_at),
+                    "lease_expires_at": as_utc(task.lease_expires_at),
                 },
                 "appraisal": {
                     "id": appraisal.id,
@@ -410,7 +410,7 @@ class ReviewService:
                     session.scalar(select(func.count(ReviewTask.id)).where(*conditions)) or 0
                 )
 
-            waiting = or_(ReviewTask.status == "open", _expired(now))
+            waiting = or_(ReviewTask.status == "open", expired_lease(now))
             return {
                 "open": count(waiting),
                 "on_time": count(waiting, ReviewTask.due_at >= now + dt.timedelta(hours=2)),
@@ -427,6 +427,8 @@ class ReviewService:
             }
 
     def quality(self) -> dict[str, Any]:
+        from serving.quality import quality_numbers  # it imports this module
+
         with self.sessions() as session:
             return quality_numbers(session, utcnow())
 
@@ -449,7 +451,7 @@ class ReviewService:
                         appraisal_id=task.appraisal_id,
                         kind="sla_breached",
                         rule="sla",
-                        detail={"task": task.id, "due_at": _utc(task.due_at).isoformat()},
+                        detail={"task": task.id, "due_at": as_utc(task.due_at).isoformat()},
                     )
                 )
             stale = session.scalar(
@@ -461,86 +463,9 @@ class ReviewService:
         return len(late), int(stale or 0)
 
 
-def _expired(now: dt.datetime) -> Any:
+def expired_lease(now: dt.datetime) -> Any:
     return and_(ReviewTask.status == "claimed", ReviewTask.lease_expires_at < now)
 
 
 def _claimable(now: dt.datetime) -> Any:
-    return or_(ReviewTask.status == "open", _expired(now))
-
-
-def cohen_kappa(pairs: list[tuple[str, str]]) -> float | None:
-    """Agreement between two raters beyond chance; None without pairs or variety."""
-    if not pairs:
-        return None
-    labels = sorted({label for pair in pairs for label in pair})
-    n = len(pairs)
-    observed = sum(a == b for a, b in pairs) / n
-    expected = sum(
-        (sum(a == k for a, _ in pairs) / n) * (sum(b == k for _, b in pairs) / n) for k in labels
-    )
-    if expected >= 1.0:
-        return None
-    return (observed - expected) / (1.0 - expected)
-
-
-def quality_numbers(session: Session, now: dt.datetime) -> dict[str, Any]:
-    """What an admin watches: the queue, throughput, reviewers against gold items, agreement
-    of double reviews, how often people overturn the model, and the model's error rate on the
-    audit sample (the live estimate of its false-authentic rate)."""
-    waiting = or_(ReviewTask.status == "open", _expired(now))
-    oldest = session.scalar(select(func.min(ReviewTask.created_at)).where(waiting))
-    oldest_hours = (now - _utc(oldest)).total_seconds() / 3600 if oldest else 0.0
-    per_reviewer = dict(
-        session.execute(
-            select(Verdict.reviewer, func.count(Verdict.id))
-            .where(Verdict.created_at >= now - dt.timedelta(hours=24))
-            .group_by(Verdict.reviewer)
-        ).all()
-    )
-    gold = session.execute(
-        select(Verdict.reviewer, Verdict.outcome, Appraisal.gold_outcome)
-        .join(Appraisal, Appraisal.id == Verdict.appraisal_id)
-        .where(Appraisal.is_gold.is_(True), Verdict.outcome.in_(FINAL_OUTCOMES))
-    ).all()
-    gold_by_reviewer: dict[int, list[bool]] = {}
-    for reviewer, outcome, truth in gold:
-        gold_by_reviewer.setdefault(reviewer, []).append(outcome == truth)
-    doubles: dict[str, list[str]] = {}
-    for appraisal_id, outcome in session.execute(
-        select(ReviewTask.appraisal_id, Verdict.outcome)
-        .join(Verdict, Verdict.task_id == ReviewTask.id)
-        .where(ReviewTask.stage == "double")
-        .order_by(ReviewTask.id)
-    ).all():
-        doubles.setdefault(appraisal_id, []).append(outcome)
-    pairs = [(o[0], o[1]) for o in doubles.values() if len(o) >= 2]
-    finished = session.execute(
-        select(Appraisal.model_outcome, Appraisal.outcome, Appraisal.rule).where(
-            Appraisal.status == "finalized",
-            Appraisal.is_gold.is_(False),
-            Appraisal.model_outcome.in_(("authentic", "counterfeit")),
-            Appraisal.outcome.in_(("authentic", "counterfeit")),
-        )
-    ).all()
-    audit = [(m, o) for m, o, rule in finished if rule == "audit_sample"]
-    audit_authentic = [o for m, o in audit if m == "authentic"]
-    return {
-        "queue_open": int(session.scalar(select(func.count(ReviewTask.id)).where(waiting)) or 0),
-        "queue_oldest_hours": round(oldest_hours, 2),
-        "verdicts_24h_by_reviewer": {str(k): int(v) for k, v in per_reviewer.items()},
-        "gold_verdicts": len(gold),
-        "gold_accuracy": _share([ok for oks in gold_by_reviewer.values() for ok in oks]),
-        "gold_accuracy_by_reviewer": {str(k): _share(v) for k, v in gold_by_reviewer.items()},
-        "double_review_pairs": len(pairs),
-        "double_review_kappa": cohen_kappa(pairs),
-        "model_decisions_reviewed": len(finished),
-        "human_overturn_rate": _share([m != o for m, o, _ in finished]),
-        "audit_sample_reviewed": len(audit),
-        "audit_error_rate": _share([m != o for m, o in audit]),
-        "audit_false_authentic_rate": _share([o == "counterfeit" for o in audit_authentic]),
-    }
-
-
-def _share(flags: list[bool]) -> float | None:
-    return sum(flags) / len(flags) if flags else None
+    return or_(ReviewTask.status == "open", expired_lease(now))
