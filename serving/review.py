@@ -29,27 +29,17 @@ MAX_PHOTO_ROUNDS = 3
 
 def tasks_for(appraisal: Appraisal) -> list[ReviewTask]:
     """The review tasks an appraisal routed to people needs: one, or two blind ones."""
-    if appraisal.reviews_required >= 2:
-        return [
-            ReviewTask(
-                appraisal_id=appraisal.id,
-                stage="double",
-                required_role="reviewer",
-                blind=True,
-                status="open",
-                due_at=appraisal.sla_due_at,
-            )
-            for _ in range(2)
-        ]
+    double = appraisal.reviews_required >= 2
     return [
         ReviewTask(
             appraisal_id=appraisal.id,
-            stage="review",
+            stage="double" if double else "review",
             required_role="reviewer",
-            blind=False,
+            blind=double,
             status="open",
             due_at=appraisal.sla_due_at,
         )
+        for _ in range(2 if double else 1)
     ]
 
 

@@ -7,6 +7,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Commands print rich tables; a fixed width keeps their text the same on every machine.
 os.environ["COLUMNS"] = "200"
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -58,3 +59,16 @@ def tiny_model(tiny_run: Path) -> Path:
         result = export_run(tiny_run, tiny_run.parent / "model")
     assert result.parity_max_abs_diff <= 1e-4
     return result.model_dir
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """Storage tests run on both databases: the embedded SQLite default (None: it lives in the
+    data directory) and a fresh PostgreSQL database at 127.0.0.1:5432, dropped afterwards."""
+    if request.param == "sqlite":
+        yield None
+    else:
+        from serving_support import postgres_database
+
+        with postgres_database() as url:
+            yield url

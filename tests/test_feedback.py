@@ -9,13 +9,12 @@ import datetime as dt
 import hashlib
 import os
 import subprocess
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from serving_support import TOUCHSTONE, postgres_database, start_server, stop
+from serving_support import TOUCHSTONE, start_server, stop
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from test_serving import form, item_photos
@@ -44,15 +43,6 @@ class Reviewed:
 
     def ids(self, *outcomes: str) -> set[str]:
         return {a for a, p in self.plan.items() if p["outcome"] in outcomes}
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
-    if request.param == "sqlite":
-        yield None
-    else:
-        with postgres_database() as url:
-            yield url
 
 
 @pytest.fixture

@@ -15,15 +15,6 @@ from test_serving import form, item_photos
 HIGH_VALUE = {"declared_value": "80000"}
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
-    if request.param == "sqlite":
-        yield None
-    else:
-        with postgres_database() as url:
-            yield url
-
-
 def _start(tmp_path: Path, model: Path | None, database_url: str | None = None) -> Server:
     return start_server(
         tmp_path / "data",

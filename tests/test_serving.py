@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import Image
-from serving_support import Server, jpeg, postgres_database, start_server, stop
+from serving_support import Server, jpeg, start_server, stop
 
 from touchstone.data.manifest import load_manifest
 
@@ -21,15 +21,6 @@ authentic_at: 0.5
 counterfeit_at: 0.4999
 audit_share: 0.0
 """
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
-    if request.param == "sqlite":
-        yield None  # the embedded default: data_dir/touchstone.db
-    else:
-        with postgres_database() as url:
-            yield url
 
 
 @pytest.fixture
