@@ -17,20 +17,25 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+# Imported for their lifecycle listeners: payments and rewards (benefits), events (outbox,
+# below), certificates (through its router).
+from serving import benefits
 from serving.appraisals import AppraisalService
 from serving.db import make_engine, make_sessionmaker, upgrade
 from serving.errors import error_body, install_handlers
 from serving.metrics import ServiceMetrics
+from serving.outbox import run_deliverer
 from serving.photos import PhotoStore
 from serving.policy import load_policy
 from serving.review import ReviewService
-from serving.routers import appraisals, review, system
+from serving.routers import appraisals, certificates, erasure, members, review, system
 from serving.runtime import ModelManager
 from serving.settings import ServiceSettings
 from serving.web import routes as web
 from touchstone.vocabulary import DEFAULT_REGIONS
 
 log = logging.getLogger("touchstone.serving")
+POINTS_EXPIRY_SECONDS = 3600.0
 
 
 class BodyLimit:
@@ -104,7 +109,10 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         app.state.review = ReviewService(
             app.state.sessions, settings.review_lease_seconds, settings.blind_scores
         )
-        tasks = [asyncio.create_task(_watch_sla(app.state.review, metrics, settings))]
+        tasks = [
+            asyncio.create_task(_watch_sla(app.state.review, metrics, settings)),
+            asyncio.create_task(run_deliverer(app.state.sessions, settings)),
+        ]
         if settings.model:
             tasks.append(asyncio.create_task(_load(models, settings.model)))
         try:
@@ -125,6 +133,9 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     app.include_router(appraisals.router)
     app.include_router(review.router)
     app.include_router(system.router)
+    app.include_router(certificates.router)
+    app.include_router(erasure.router)
+    app.include_router(members.router)
     app.include_router(web.router)
     app.mount("/review/static", web.static_files(), name="review_static")
 
@@ -162,11 +173,16 @@ async def _load(models: ModelManager, source: str) -> None:
 async def _watch_sla(
     reviews: ReviewService, metrics: ServiceMetrics, settings: ServiceSettings
 ) -> None:
-    """Flag review tasks past their SLA (an `sla_breached` event each) and keep the queue
-    gauges current."""
+    """Flag review tasks past their SLA (an `sla_breached` event each), keep the queue
+    gauges current, and post due point expiries and their reminders."""
+    last_expiry = -float("inf")
     while True:
         try:
             breached, stale = await asyncio.to_thread(reviews.flag_sla_breaches)
+            if time.monotonic() - last_expiry > POINTS_EXPIRY_SECONDS:
+                # Walks every member: hourly is plenty for expiries counted in days.
+                await asyncio.to_thread(benefits.expire_points, reviews.sessions)
+                last_expiry = time.monotonic()
             metrics.sla_breaches.inc(breached)
             metrics.stale_tasks.set(stale)
             for state, count in (await asyncio.to_thread(reviews.queue)).items():

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import selectinload, sessionmaker
+from sqlalchemy.orm import Session, selectinload, sessionmaker
 
+from serving import lifecycle
 from serving.batching import QueueFull
 from serving.db import Appraisal, AppraisalEvent, Photo, utcnow
 from serving.errors import ApiError
@@ -401,6 +402,9 @@ class AppraisalService:
                 session.add(appraisal)
                 if appraisal.status == "in_review":
                     session.add_all(tasks_for(appraisal))
+                session.flush()
+                lifecycle.emit(session, "appraisal.created", appraisal)
+                _announce_decision(session, appraisal)
         except IntegrityError:
             if request.idempotency_key:
                 return None
@@ -432,12 +436,22 @@ class AppraisalService:
             session.add(event)
             if appraisal.status == "in_review":
                 session.add_all(tasks_for(appraisal))
+            session.flush()
+            _announce_decision(session, appraisal)
         return self.get(appraisal_id)
 
     def _count(self, decision: RoutingDecision) -> None:
         self.metrics.decisions.labels(
             decision.path or "none", decision.outcome or "none", decision.rule
         ).inc()
+
+
+def _announce_decision(session: Session, appraisal: Appraisal) -> None:
+    """A decision the model took alone is also the final verdict, unless a person later
+    overturns it."""
+    if appraisal.status == "decided":
+        lifecycle.emit(session, "appraisal.decided", appraisal)
+        lifecycle.emit(session, "appraisal.finalized", appraisal)
 
 
 def _with_photos():  # -> Select[tuple[Appraisal]]

@@ -182,6 +182,104 @@ class AuditEntry(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
+class Member(Base):
+    """A member as the membership platform last told us: the tier decides SLA, routing and
+    entitlements. Only an id and a tier: never names or phone numbers."""
+
+    __tablename__ = "members"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tier: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class LedgerEntry(Base):
+    """One movement of a member's free appraisals, coupons or points: append-only; balances
+    are sums; corrections are compensating entries. The idempotency key comes from the cause
+    (e.g. appraisal id and rule), so a retry or a replay never grants or charges twice."""
+
+    __tablename__ = "ledger_entries"
+    __table_args__ = (
+        UniqueConstraint("idempotency_key", name="uq_ledger_entries_idempotency_key"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    member_id: Mapped[str] = mapped_column(String(64), index=True)
+    asset: Mapped[str] = mapped_column(String(20))  # free_appraisal, coupon, points
+    amount: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(String(40))
+    idempotency_key: Mapped[str] = mapped_column(String(200))
+    appraisal_id: Mapped[str | None] = mapped_column(String(36), index=True, default=None)
+    month: Mapped[str | None] = mapped_column(String(7), default=None)  # YYYY-MM (free quota)
+    expires_at: Mapped[dt.datetime | None] = mapped_column(default=None)  # points
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class AppraisalPayment(Base):
+    """How an appraisal was paid for at submission, and what became of the reservation."""
+
+    __tablename__ = "appraisal_payments"
+
+    appraisal_id: Mapped[str] = mapped_column(ForeignKey("appraisals.id"), primary_key=True)
+    member_id: Mapped[str] = mapped_column(String(64), index=True)
+    method: Mapped[str] = mapped_column(String(20))  # free_quota, coupon, points, paid
+    status: Mapped[str] = mapped_column(String(20))  # reserved, consumed, released
+    price_cny: Mapped[float | None] = mapped_column(Float, default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class OutboxEvent(Base):
+    """An event for the membership platform, written in the transaction of its cause and
+    delivered afterwards by signed webhook, with retries; `id` lets receivers drop duplicates."""
+
+    __tablename__ = "outbox_events"
+    __table_args__ = (
+        Index("ix_outbox_events_status_next_attempt_at", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(40))
+    member_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    appraisal_id: Mapped[str | None] = mapped_column(String(36), default=None)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending, delivered, dead
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+
+class Certificate(Base):
+    """A finalized appraisal's certificate, a link in a hash chain: `hash` covers the body and
+    `prev_hash` (the previous certificate's hash), so an edit anywhere breaks the chain. An
+    appraisal finalized again gets a new certificate that supersedes the old (migration 0005
+    dropped the one-per-appraisal constraint); see serving/certificates.py."""
+
+    __tablename__ = "certificates"
+    __table_args__ = (UniqueConstraint("code", name="uq_certificates_code"),)
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    code: Mapped[str] = mapped_column(String(32))
+    appraisal_id: Mapped[str] = mapped_column(String(36), index=True)
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class ErasedMember(Base):
+    """A member whose photos and derived data were erased: never in a training export again."""
+
+    __tablename__ = "erased_members"
+
+    member_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    erased_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
 def default_database_url(data_dir: Path) -> str:
     return f"sqlite:///{Path(data_dir).resolve() / 'touchstone.db'}"
 
@@ -220,4 +318,5 @@ def upgrade(engine: Engine) -> None:
     config.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as connection:
         config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+        # "heads": parts of the schema may grow on separate branches off one revision.
+        command.upgrade(config, "heads")

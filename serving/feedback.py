@@ -8,8 +8,8 @@ no split is written, so the next `touchstone data split` assigns one (and links 
 any near-duplicate already in a frozen split).
 
 Left out, and counted:
-- `erased_member`: the member asked for erasure (PIPL). Erasure is not built yet; until it is,
-  an `erased_members` table with a `member_id` column, where one exists, lists them.
+- `erased_member`: the member asked for erasure (PIPL; `DELETE /v1/members/{id}/data` records
+  them in `erased_members`, migration 0004; read where the table exists).
 - `gold`: items with known answers planted in the review queue to check reviewers; their
   labels are not the reviewers' work. Read from `appraisals.is_gold` where that column exists
   (migration 0003), so this works on databases from before and after it.

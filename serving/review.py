@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
+from serving import lifecycle
 from serving.auth import Caller
 from serving.db import Appraisal, AppraisalEvent, AuditEntry, Photo, ReviewTask, Verdict, utcnow
 from serving.errors import ApiError
@@ -280,6 +281,9 @@ class ReviewService:
             appraisal.reasons = [*appraisal.reasons, "a reviewer asked for more photos"]
             kind = "photos_requested"
         else:
+            # Set only when an earlier verdict stood (the model's, before the member asked for
+            # a person); routed items carry no outcome until their verdict.
+            previous = appraisal.outcome
             appraisal.status, appraisal.outcome, appraisal.path = "finalized", outcome, "human"
             appraisal.finalized_at = now
             kind = "finalized"
@@ -292,6 +296,12 @@ class ReviewService:
                 detail={"outcome": outcome},
             )
         )
+        if kind == "finalized":
+            session.flush()
+            lifecycle.emit(session, "appraisal.finalized", appraisal)
+            if previous is not None and previous != outcome:
+                # A person changed what the model had decided alone (the member asked).
+                lifecycle.emit(session, "appraisal.overturned", appraisal, previous=previous)
 
     # -- what a reviewer sees ----------------------------------------------------------------
 
@@ -436,6 +446,9 @@ class ReviewService:
             ).all()
             for task in late:
                 task.sla_breached_at = now
+                appraisal = session.get(Appraisal, task.appraisal_id)
+                assert appraisal is not None
+                lifecycle.emit(session, "sla.breached", appraisal, task=task.id)
                 session.add(
                     AppraisalEvent(
                         appraisal_id=task.appraisal_id,

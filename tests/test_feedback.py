@@ -180,7 +180,7 @@ def test_export_reviews(reviewed: Reviewed, tmp_path: Path) -> None:
     )
     assert keyless.returncode == 1 and "TOUCHSTONE_PHOTO_KEY" in keyless.stdout
 
-    # Gold items and erased members leave. Erasure is not built yet: its table is made here.
+    # Gold items and erased members leave.
     engine = make_engine(reviewed.database_url or default_database_url(reviewed.data_dir))
     sessions = make_sessionmaker(engine)
     gold = sorted(reviewed.ids("authentic"))[0]
@@ -189,10 +189,9 @@ def test_export_reviews(reviewed: Reviewed, tmp_path: Path) -> None:
         connection.execute(
             text("UPDATE appraisals SET is_gold = :t WHERE id = :id"), {"t": True, "id": gold}
         )
-        connection.execute(text("CREATE TABLE erased_members (member_id VARCHAR(64))"))
         connection.execute(
-            text("INSERT INTO erased_members (member_id) VALUES (:m)"),
-            {"m": reviewed.plan[erased]["member"]},
+            text("INSERT INTO erased_members (member_id, erased_at) VALUES (:m, :t)"),
+            {"m": reviewed.plan[erased]["member"], "t": dt.datetime.now(dt.UTC)},
         )
     summary = export_reviews(sessions, store, tmp_path / "after" / "m.csv")
     assert summary.gold_column and summary.erasure_table
@@ -201,10 +200,9 @@ def test_export_reviews(reviewed: Reviewed, tmp_path: Path) -> None:
     kept = {r.item_id for r in read_manifest(summary.manifest).records}
     assert kept == labelled - {gold, erased}
 
-    # A database from before migration 0003 has no gold flag: the export still runs.
+    # A database from before migrations 0003 and 0004 has no gold flag and no erasures: the
+    # export still runs.
     downgrade(engine, "0002")
-    with engine.begin() as connection:
-        connection.execute(text("DROP TABLE erased_members"))
     summary = export_reviews(sessions, store, tmp_path / "before" / "m.csv")
     engine.dispose()
     assert not summary.gold_column and not summary.erasure_table

@@ -2,8 +2,11 @@
 
 import typer
 
+from touchstone.cli.benefits import app as benefits_app
+from touchstone.cli.certificates import app as certificates_app
 from touchstone.cli.data import app as data_app
 from touchstone.cli.model import evaluate, export, promote
+from touchstone.cli.outbox import app as outbox_app
 from touchstone.cli.serve import admin_app, serve
 from touchstone.cli.train import train
 
@@ -19,3 +22,6 @@ app.command("export")(export)
 app.command("promote")(promote)
 app.command("serve")(serve)
 app.add_typer(admin_app, name="admin")
+app.add_typer(outbox_app, name="outbox")
+app.add_typer(certificates_app, name="certificates")
+app.add_typer(benefits_app, name="benefits")
