@@ -33,12 +33,13 @@ from serving.policy import (
     RoutingDecision,
     RoutingRequest,
     assess_photo,
+    effective_thresholds,
     route,
     sla_due,
 )
 from serving.review import MAX_PHOTO_ROUNDS, tasks_for
 from serving.runtime import ModelManager, ModelRuntime
-from touchstone.decision import Thresholds, photo_probability, sigmoid
+from touchstone.decision import photo_probability, sigmoid
 from touchstone.imaging import PhotoError, decode_photo, to_model_input
 
 IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9._:\-]{8,255}$")
@@ -318,10 +319,11 @@ class AppraisalService:
             p_authentic = float(
                 sigmoid(aggregation.item_log_odds([(p.region, p.log_odds) for p in scored]))
             )
+        # The card's thresholds: `route` applies the policy's overrides itself.
+        card_thresholds = runtime.card.thresholds.to_thresholds() if runtime is not None else None
         model_outcome = None
         if p_authentic is not None:
-            thresholds = _thresholds(runtime, self.policy)
-            model_outcome = thresholds.route(p_authentic) if thresholds else None
+            model_outcome = effective_thresholds(card_thresholds, self.policy).route(p_authentic)
         unusable = [(p.region, p.problems) for p in new_photos if not p.usable]
         photo_count = len(scored) if model_ready else len([*(earlier or []), *usable])
         if last_round and (unusable or photo_count < self.policy.min_photos):
@@ -350,7 +352,7 @@ class AppraisalService:
                 model_ready=model_ready,
                 p_authentic=p_authentic,
                 model_categories=runtime.card.categories if runtime is not None else (),
-                thresholds=_thresholds(runtime, self.policy),
+                thresholds=card_thresholds,
                 audit_draw=random.random(),
             ),
             self.policy,
@@ -456,16 +458,6 @@ def _announce_decision(session: Session, appraisal: Appraisal) -> None:
 
 def _with_photos():  # -> Select[tuple[Appraisal]]
     return select(Appraisal).options(selectinload(Appraisal.photos))
-
-
-def _thresholds(runtime: ModelRuntime | None, policy: PolicyConfig) -> Thresholds | None:
-    if runtime is None:
-        return None
-    card = runtime.card.thresholds
-    return Thresholds(
-        policy.authentic_at if policy.authentic_at is not None else card.authentic_at,
-        policy.counterfeit_at if policy.counterfeit_at is not None else card.counterfeit_at,
-    )
 
 
 def _photo_rows(

@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from serving import lifecycle
 from serving.benefits_config import BenefitsConfig, load_benefits
-from serving.db import Appraisal, AppraisalPayment, LedgerEntry, Member, utcnow
+from serving.db import Appraisal, AppraisalPayment, LedgerEntry, Member, as_utc, utcnow
 
 ASSETS = ("free_appraisal", "appraisal_coupon", "discount_coupon", "compensation_cny", "points")
 DEFINITE = ("authentic", "counterfeit")
@@ -66,17 +66,13 @@ def configure(value: BenefitsConfig | None) -> None:
 # -- time -------------------------------------------------------------------------------------
 
 
-def _utc(value: dt.datetime) -> dt.datetime:
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-
-
 def _iso(value: dt.datetime | None) -> str | None:
-    return None if value is None else _utc(value).isoformat().replace("+00:00", "Z")
+    return None if value is None else as_utc(value).isoformat().replace("+00:00", "Z")
 
 
 def month_of(when: dt.datetime, cfg: BenefitsConfig | None = None) -> str:
     """YYYY-MM of `when` in the members' time zone."""
-    return _utc(when).astimezone((cfg or config()).zone).strftime("%Y-%m")
+    return as_utc(when).astimezone((cfg or config()).zone).strftime("%Y-%m")
 
 
 def month_bounds(month: str, cfg: BenefitsConfig | None = None) -> tuple[dt.datetime, dt.datetime]:
@@ -215,13 +211,9 @@ def _closed(session: Session, member_id: str, month: str) -> bool:
     return _exists(session, f"member:{member_id}:close:{month}")
 
 
-def _ensure_quota(session: Session, member_id: str, month: str, tier: str) -> None:
-    """Grant the month's free quota of `tier`, or top it up to it (a higher tier reached
-    mid-month); never after the month closed, never taken back on a lower tier."""
-    allowance = config().free_per_month(tier)
-    if not allowance or _closed(session, member_id, month):
-        return
-    granted = int(
+def _quota_granted(session: Session, member_id: str, month: str) -> int:
+    """Free appraisals granted to the member for `month` (before any were spent)."""
+    return int(
         session.scalar(
             select(func.coalesce(func.sum(LedgerEntry.amount), 0)).where(
                 LedgerEntry.member_id == member_id,
@@ -232,6 +224,15 @@ def _ensure_quota(session: Session, member_id: str, month: str, tier: str) -> No
         )
         or 0
     )
+
+
+def _ensure_quota(session: Session, member_id: str, month: str, tier: str) -> None:
+    """Grant the month's free quota of `tier`, or top it up to it (a higher tier reached
+    mid-month); never after the month closed, never taken back on a lower tier."""
+    allowance = config().free_per_month(tier)
+    if not allowance or _closed(session, member_id, month):
+        return
+    granted = _quota_granted(session, member_id, month)
     if allowance > granted:
         _post(
             session,
@@ -287,7 +288,7 @@ def point_lots(session: Session, member_id: str) -> list[Lot]:
         )
     ).all()
     lots = sorted(
-        (Lot(id_, _utc(expires), amount, amount) for id_, amount, expires in rows if amount > 0),
+        (Lot(id_, as_utc(expires), amount, amount) for id_, amount, expires in rows if amount > 0),
         key=lambda lot: (lot.expires_at, lot.entry_id),
     )
     spent = -sum(amount for _, amount, _ in rows if amount < 0)
@@ -504,8 +505,8 @@ def settle_final_verdict(session: Session, appraisal: Appraisal, detail: dict[st
                 appraisal.id,
                 {"outcome": appraisal.outcome},
             )
-    finished = _utc(appraisal.finalized_at or now)
-    if finished > _utc(appraisal.sla_due_at) and cfg.sla_coupon_cny > 0:
+    finished = as_utc(appraisal.finalized_at or now)
+    if finished > as_utc(appraisal.sla_due_at) and cfg.sla_coupon_cny > 0:
         _post(
             session,
             member_id,
@@ -693,17 +694,7 @@ def summary(
         if allowance is None:
             free: dict[str, Any] = {"allowance": None, "left": None, "unlimited": True}
         else:
-            granted = int(
-                session.scalar(
-                    select(func.coalesce(func.sum(LedgerEntry.amount), 0)).where(
-                        LedgerEntry.member_id == member_id,
-                        LedgerEntry.asset == "free_appraisal",
-                        LedgerEntry.month == month,
-                        LedgerEntry.reason == "monthly_quota",
-                    )
-                )
-                or 0
-            )
+            granted = _quota_granted(session, member_id, month)
             left = balance(session, member_id, "free_appraisal", month)
             if not _closed(session, member_id, month):
                 left += max(0, allowance - granted)  # granted when first needed

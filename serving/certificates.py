@@ -40,7 +40,7 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from serving import lifecycle
-from serving.db import Appraisal, Certificate, Photo, ReviewTask, Verdict, utcnow
+from serving.db import Appraisal, Certificate, Photo, ReviewTask, Verdict, as_utc, utcnow
 
 GENESIS = "0" * 64
 VERSION = 1
@@ -71,8 +71,7 @@ def new_code() -> str:
 def _iso(value: dt.datetime | None) -> str | None:
     if value is None:
         return None
-    if value.tzinfo is None:  # SQLite hands back naive datetimes; they were written in UTC
-        value = value.replace(tzinfo=dt.UTC)
+    value = as_utc(value)
     return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 

@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from serving.db import Appraisal, AuditEntry, ErasedMember, Photo, Verdict, utcnow
+from serving.db import Appraisal, AuditEntry, ErasedMember, Photo, Verdict, as_utc, utcnow
 from serving.photos import PhotoStore
 
 
@@ -120,6 +120,4 @@ def _shared(session: Session, addresses: list[str], member_id: str) -> set[str]:
 
 
 def _iso(value: dt.datetime) -> str:
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.UTC)
-    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+    return as_utc(value).astimezone(dt.UTC).isoformat().replace("+00:00", "Z")

@@ -35,7 +35,7 @@ from typing import Any
 from sqlalchemy import column, distinct, func, inspect, literal_column, select, table
 from sqlalchemy.orm import Session, sessionmaker
 
-from serving.db import Appraisal, Photo, Verdict
+from serving.db import Appraisal, Photo, Verdict, as_utc
 from serving.photos import PhotoStore, PhotoStoreError
 from touchstone.data.manifest import DatasetInfo, PhotoRecord, write_manifest
 from touchstone.vocabulary import DEFAULT_REGIONS, LABELS
@@ -266,9 +266,7 @@ def _write_file(path: Path, data: bytes) -> None:
 def _iso(value: dt.datetime | None) -> str:
     if value is None:
         return ""
-    if value.tzinfo is None:  # SQLite gives back naive datetimes; they were written in UTC
-        value = value.replace(tzinfo=dt.UTC)
-    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+    return as_utc(value).astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 def _chunks(ids: Sequence[str]) -> Iterable[Sequence[str]]:

@@ -44,7 +44,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from serving import lifecycle
-from serving.db import Appraisal, OutboxEvent, ReviewTask, utcnow
+from serving.db import Appraisal, OutboxEvent, ReviewTask, as_utc, utcnow
 
 log = logging.getLogger("touchstone.outbox")
 
@@ -196,12 +196,8 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
-def _utc(value: dt.datetime) -> dt.datetime:
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-
-
 def _iso(value: dt.datetime | None) -> str | None:
-    return None if value is None else _utc(value).isoformat()
+    return None if value is None else as_utc(value).isoformat()
 
 
 def appraisal_payload(appraisal: Appraisal) -> dict[str, Any]:
@@ -316,7 +312,7 @@ def deliver_due(
     report = DeliveryReport()
     if not hooks:
         return report
-    now = _utc(now or utcnow())
+    now = as_utc(now or utcnow())
     lease = lease_seconds or batch * timeout * len(hooks) + 30.0
     claimed = _claim(sessions, now, batch, lease)
     report.claimed = len(claimed)

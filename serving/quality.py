@@ -9,8 +9,8 @@ from typing import Any
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from serving.db import Appraisal, ReviewTask, Verdict
-from serving.review import FINAL_OUTCOMES, as_utc, expired_lease
+from serving.db import Appraisal, ReviewTask, Verdict, as_utc
+from serving.review import FINAL_OUTCOMES, expired_lease
 
 
 def cohen_kappa(pairs: list[tuple[str, str]]) -> float | None:

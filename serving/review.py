@@ -19,7 +19,16 @@ from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from serving import lifecycle
 from serving.auth import Caller
-from serving.db import Appraisal, AppraisalEvent, AuditEntry, Photo, ReviewTask, Verdict, utcnow
+from serving.db import (
+    Appraisal,
+    AppraisalEvent,
+    AuditEntry,
+    Photo,
+    ReviewTask,
+    Verdict,
+    as_utc,
+    utcnow,
+)
 from serving.errors import ApiError
 
 OUTCOMES = ("authentic", "counterfeit", "inconclusive", "needs_more_photos")
@@ -56,12 +65,6 @@ class VerdictIn:
     outcome: str
     notes: str
     findings: list[dict[str, Any]]
-
-
-def as_utc(value: dt.datetime | None) -> dt.datetime | None:
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
 class ReviewService:

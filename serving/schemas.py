@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from serving.db import Appraisal
+from serving.db import Appraisal, as_utc
 
 
 class Decision(BaseModel):
@@ -82,9 +82,9 @@ class AppraisalOut(BaseModel):
             ],
             model=ModelRef(name=appraisal.model_name, version=appraisal.model_version),
             photo_rounds=appraisal.photo_rounds,
-            created_at=_utc(appraisal.created_at),
-            updated_at=_utc(appraisal.updated_at),
-            sla_due_at=_utc(appraisal.sla_due_at),
+            created_at=as_utc(appraisal.created_at),
+            updated_at=as_utc(appraisal.updated_at),
+            sla_due_at=as_utc(appraisal.sla_due_at),
         )
 
 
@@ -93,8 +93,3 @@ class AppraisalPage(BaseModel):
     limit: int
     offset: int
     next_offset: int | None
-
-
-def _utc(value: dt.datetime) -> dt.datetime:
-    # SQLite hands back naive timestamps; every timestamp here was written in UTC.
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)

@@ -6,8 +6,10 @@ import os
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import sessionmaker
 
-from serving.db import default_database_url
+from serving.db import default_database_url, make_engine, make_sessionmaker, upgrade
 
 DEFAULT_POLICY = Path(__file__).resolve().parents[1] / "configs" / "policy.yaml"
 
@@ -48,3 +50,13 @@ class ServiceSettings(BaseModel):
         if self.policy is not None:
             return self.policy
         return DEFAULT_POLICY if DEFAULT_POLICY.exists() else None
+
+
+def open_database(data_dir: Path) -> tuple[Engine, sessionmaker]:
+    """The service's database for a command-line tool: `TOUCHSTONE_DATABASE_URL`, else SQLite in
+    `data_dir`, created if needed and upgraded to the newest schema, as `touchstone serve` does."""
+    settings = ServiceSettings.from_env(data_dir=data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.resolved_database_url())
+    upgrade(engine)
+    return engine, make_sessionmaker(engine)

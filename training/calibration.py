@@ -8,13 +8,9 @@ import numpy as np
 from scipy.optimize import minimize, minimize_scalar
 
 from touchstone.decision import ItemAggregation, sigmoid
+from training.metrics import log_loss
 
 ECE_BINS = 15
-
-
-def _nll(log_odds: np.ndarray, labels: np.ndarray) -> float:
-    # Binary cross-entropy from log-odds, finite for any |log-odds|.
-    return float(np.mean(np.logaddexp(0.0, log_odds) - labels * log_odds))
 
 
 def fit_temperature(log_odds: np.ndarray, labels: np.ndarray) -> float:
@@ -22,7 +18,9 @@ def fit_temperature(log_odds: np.ndarray, labels: np.ndarray) -> float:
     if len(log_odds) == 0 or labels.min() == labels.max():
         return 1.0
     result = minimize_scalar(
-        lambda log_t: _nll(log_odds / np.exp(log_t), labels), bounds=(-4.0, 4.0), method="bounded"
+        lambda log_t: log_loss(log_odds / np.exp(log_t), labels),
+        bounds=(-4.0, 4.0),
+        method="bounded",
     )
     return float(np.exp(result.x))
 
@@ -40,7 +38,7 @@ def fit_item_aggregation(
     def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
         z = theta[0] + means @ theta[1:]
         p = sigmoid(z)
-        loss = _nll(z, labels) + l2 * float(theta[1:] @ theta[1:])
+        loss = log_loss(z, labels) + l2 * float(theta[1:] @ theta[1:])
         residual = (p - labels) / count
         grad = np.concatenate([[residual.sum()], means.T @ residual + 2 * l2 * theta[1:]])
         return loss, grad

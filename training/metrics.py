@@ -22,12 +22,16 @@ def photo_metrics(
     return out
 
 
+def log_loss(log_odds: np.ndarray, labels: np.ndarray) -> float:
+    """Binary cross-entropy from log-odds, written to stay finite for any |log-odds|."""
+    return float(np.mean(np.logaddexp(0.0, log_odds) - labels * log_odds))
+
+
 def _metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     if len(logits) == 0:
         return {"count": 0.0}
     logits = logits.astype(np.float64)
-    # Binary cross-entropy from log-odds, written to stay finite for large |logit|.
-    loss = np.mean(np.logaddexp(0.0, logits) - labels * logits)
+    loss = log_loss(logits, labels)
     accuracy = np.mean((logits > 0) == (labels > 0.5))
     both = 0 < labels.sum() < len(labels)
     auc = roc_auc_score(labels, logits) if both else math.nan

@@ -22,7 +22,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from serving.auth import Caller, authenticate
-from serving.db import utcnow
+from serving.db import as_utc, utcnow
 from serving.errors import ApiError, error_body
 from serving.photos import PhotoStoreError
 from serving.review import MAX_PHOTO_ROUNDS, OUTCOMES, ReviewService, VerdictIn
@@ -78,8 +78,7 @@ templates.env.globals.update(
 def _when(value: dt.datetime | None) -> str:
     if value is None:
         return ""
-    value = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-    return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return as_utc(value).astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 templates.env.filters["when"] = _when

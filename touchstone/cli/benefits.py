@@ -13,14 +13,9 @@ app = typer.Typer(help="Member benefits: month close, points expiry.", no_args_i
 
 
 def _sessions(data_dir: Path):  # -> tuple[Engine, sessionmaker]
-    from serving.db import make_engine, make_sessionmaker, upgrade
-    from serving.settings import ServiceSettings
+    from serving.settings import open_database
 
-    settings = ServiceSettings.from_env(data_dir=data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.resolved_database_url())
-    upgrade(engine)
-    return engine, make_sessionmaker(engine)
+    return open_database(data_dir)
 
 
 @app.command("close-month")

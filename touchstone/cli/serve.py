@@ -59,17 +59,13 @@ def create_key(
     """Create an API key; it is printed once, alone on the last line."""
     from serving.auth import ROLES
     from serving.auth import create_key as new_key
-    from serving.db import make_engine, make_sessionmaker, upgrade
-    from serving.settings import ServiceSettings
+    from serving.settings import open_database
 
     if role not in ROLES:
         console.print(f"[bold red]error:[/] unknown role {role!r}; roles: {', '.join(ROLES)}")
         raise typer.Exit(2)
-    settings = ServiceSettings.from_env(data_dir=data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.resolved_database_url())
-    upgrade(engine)
-    with make_sessionmaker(engine)() as session:
+    engine, sessions = open_database(data_dir)
+    with sessions() as session:
         key = new_key(session, role, label)
     engine.dispose()
     console.print(f"created a {role} key; it is shown once:", highlight=False)
