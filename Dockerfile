@@ -11,6 +11,7 @@ COPY pyproject.toml Makefile README.md ./
 COPY touchstone ./touchstone
 COPY training ./training
 COPY serving ./serving
+COPY cli ./cli
 ENV NO_ALBUMENTATIONS_UPDATE=1 MLFLOW_DISABLE_TELEMETRY=true HF_HUB_OFFLINE=1
 
 # Training, evaluation and the test suite: torch, timm, MLflow and the rest, and Debian's

@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from touchstone.data.manifest import load_manifest
+from touchstone.evaluation.scoring import prepare_photo
 from touchstone.inference import default_threads, open_session
 from training.export import (
     INPUT_NAME,
@@ -30,7 +31,6 @@ from training.export import (
     load_trained,
     quantize_int8,
 )
-from training.scoring import prepare_photo
 
 
 def timed(run, batch: np.ndarray, repeats: int) -> list[float]:

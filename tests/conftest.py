@@ -68,7 +68,7 @@ def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
     if request.param == "sqlite":
         yield None
     else:
-        from serving_support import postgres_database
+        from tests.serving_support import postgres_database
 
         with postgres_database() as url:
             yield url

@@ -18,6 +18,8 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
+from touchstone.data.manifest import load_manifest
+
 TOUCHSTONE = str(Path(sys.executable).parent / "touchstone")
 POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -128,3 +130,18 @@ def jpeg(color: tuple[int, int, int] = (120, 90, 60), size: int = 96, noise: boo
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=90)
     return buffer.getvalue()
+
+
+def item_photos(manifest: Path, index: int = 0) -> list[tuple[str, tuple[str, bytes, str]]]:
+    """The photos of one synthetic item, as multipart parts named by region."""
+    records = load_manifest(manifest).records
+    item = sorted({r.item_id for r in records})[index]
+    return [
+        (r.region, (r.path.name, r.path.read_bytes(), "image/jpeg"))
+        for r in records
+        if r.item_id == item
+    ]
+
+
+def form(member: str = "m-1", tier: str = "explorer", **extra: str) -> dict[str, str]:
+    return {"member_id": member, "member_tier": tier, "category": "bag", **extra}

@@ -6,7 +6,7 @@ import sys
 
 def test_the_core_and_the_command_line_do_not_import_torch() -> None:
     code = (
-        "import sys, touchstone.cli, touchstone.imaging, touchstone.data.synth, "
+        "import sys, cli, touchstone.imaging, touchstone.data.synth, "
         "touchstone.data.validation, touchstone.data.near_duplicates, touchstone.decision, "
         "touchstone.model_card, touchstone.inference, touchstone.registry, serving, serving.app\n"
         "heavy = [m for m in ('torch', 'timm', 'mlflow', 'albumentations') if m in sys.modules]\n"
@@ -19,7 +19,8 @@ def test_the_core_and_the_command_line_do_not_import_torch() -> None:
 def test_evaluating_an_exported_model_needs_no_torch() -> None:
     """`touchstone evaluate` runs ONNX models: it must work where only ONNX Runtime is."""
     code = (
-        "import sys, training.evaluate_model, training.thresholds, training.calibration\n"
+        "import sys, touchstone.evaluation.evaluate_model, touchstone.evaluation.thresholds, "
+        "touchstone.evaluation.calibration\n"
         "heavy = [m for m in ('torch', 'timm', 'albumentations') if m in sys.modules]\n"
         "print(heavy); sys.exit(1 if heavy else 0)"
     )

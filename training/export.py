@@ -21,6 +21,10 @@ import torch
 from rich.console import Console
 
 from touchstone.data.manifest import Manifest, PhotoRecord, load_manifest
+from touchstone.evaluation.evaluate import DecisionPolicy, evaluate, fit_policy
+from touchstone.evaluation.report import write_report
+from touchstone.evaluation.scoring import PhotoScores, score_records
+from touchstone.evaluation.thresholds import Targets
 from touchstone.imaging import Preprocessing
 from touchstone.inference import open_session
 from touchstone.model_card import (
@@ -39,12 +43,8 @@ from touchstone.model_card import (
 from touchstone.registry import log_export
 from training import checkpoints
 from training.config import TrainConfig
-from training.evaluation import DecisionPolicy, evaluate, fit_policy
 from training.loop import split_records
 from training.models import AuthenticityNet
-from training.report import write_report
-from training.scoring import PhotoScores, score_records
-from training.thresholds import Targets
 from training.tracking import git_commit
 from training.weights import create_backbone
 
@@ -104,7 +104,7 @@ def load_trained(run_dir: Path) -> TrainedModel:
     return TrainedModel(net.eval(), config, preprocessing, regions, payload)
 
 
-def onnx_predict(path: Path):  # -> training.scoring.Predict
+def onnx_predict(path: Path):  # -> touchstone.evaluation.scoring.Predict
     session = open_session(path)
 
     def predict(batch: np.ndarray) -> np.ndarray:
@@ -159,7 +159,7 @@ class _CalibrationImages:
     """onnxruntime's CalibrationDataReader over a few train photos."""
 
     def __init__(self, records: list[PhotoRecord], preprocessing: Preprocessing) -> None:
-        from training.scoring import prepare_photo
+        from touchstone.evaluation.scoring import prepare_photo
 
         arrays = [a for a in (prepare_photo(r, preprocessing) for r in records) if a is not None]
         self.batches = iter(

@@ -32,16 +32,16 @@ from torch.nn.parallel import DistributedDataParallel
 
 from touchstone.data.manifest import Manifest, PhotoRecord, load_manifest
 from touchstone.data.splitting import assign_splits
+from touchstone.evaluation.evaluate import evaluate, fit_policy
+from touchstone.evaluation.metrics import photo_metrics
+from touchstone.evaluation.report import decision_table, write_report
+from touchstone.evaluation.scoring import score_records
 from training import checkpoints
 from training.config import TrainConfig, dump_config
 from training.data import RegionPhotos, class_weights, eval_loader, train_loader
 from training.distributed import World, broadcast, gather, init_world, shutdown
-from training.evaluation import evaluate, fit_policy
-from training.metrics import photo_metrics
 from training.models import AuthenticityNet, BuiltModel, create_model, torch_predict
 from training.plots import plot_history, plot_regions
-from training.report import decision_table, write_report
-from training.scoring import score_records
 from training.tracking import (
     MlflowTracker,
     NullTracker,

@@ -59,7 +59,7 @@ def create_model(model: ModelConfig, data: DataConfig, regions: tuple[str, ...])
 
 
 def torch_predict(net: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
-    """The network as `training.scoring` wants it: normalised pixels in, log-odds out."""
+    """The network as `touchstone.evaluation.scoring` wants: normalised pixels in, log-odds out."""
     net = net.eval()
 
     @torch.no_grad()

@@ -2,13 +2,13 @@
 
 import typer
 
-from touchstone.cli.benefits import app as benefits_app
-from touchstone.cli.certificates import app as certificates_app
-from touchstone.cli.data import app as data_app
-from touchstone.cli.model import evaluate, export, promote
-from touchstone.cli.outbox import app as outbox_app
-from touchstone.cli.serve import admin_app, serve
-from touchstone.cli.train import train
+from cli.benefits import app as benefits_app
+from cli.certificates import app as certificates_app
+from cli.data import app as data_app
+from cli.model import evaluate, export, promote
+from cli.outbox import app as outbox_app
+from cli.serve import admin_app, serve
+from cli.train import train
 
 app = typer.Typer(
     help="Touchstone: image-based authentication and appraisal of second-hand luxury goods.",

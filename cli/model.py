@@ -29,10 +29,10 @@ def evaluate(
 ) -> None:
     """Measure an exported model on a manifest at the thresholds in its card."""
     from touchstone.data.manifest import ManifestError
+    from touchstone.evaluation.evaluate_model import evaluate_model_dir
+    from touchstone.evaluation.report import decision_table
     from touchstone.model_card import ModelCardError
     from touchstone.registry import RegistryError, fetch_model_dir
-    from training.evaluate_model import evaluate_model_dir
-    from training.report import decision_table
 
     try:
         model_dir = fetch_model_dir(model, out / "model-cache")
@@ -57,10 +57,10 @@ def export(
 ) -> None:
     """Export to ONNX (parity-checked), fit calibration and thresholds on calib, write the card."""
     from touchstone.data.manifest import ManifestError
+    from touchstone.evaluation.report import decision_table
+    from touchstone.evaluation.thresholds import Targets
     from touchstone.model_card import ModelCardError
     from training.export import ExportError, export_run
-    from training.report import decision_table
-    from training.thresholds import Targets
     from training.weights import WeightsError
 
     if quantize not in (None, "int8"):

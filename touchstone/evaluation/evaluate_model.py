@@ -14,10 +14,10 @@ from typing import Any
 from rich.console import Console
 
 from touchstone.data.manifest import ManifestError, load_manifest
+from touchstone.evaluation.evaluate import evaluate, policy_from_card
+from touchstone.evaluation.report import write_report
+from touchstone.evaluation.scoring import score_records
 from touchstone.inference import OnnxModel
-from training.evaluation import evaluate, policy_from_card
-from training.report import write_report
-from training.scoring import score_records
 
 
 @dataclass

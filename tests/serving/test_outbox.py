@@ -18,12 +18,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from serving_support import TOUCHSTONE, free_port
 from sqlalchemy import select
 from typer.testing import CliRunner
 
 from serving import lifecycle, outbox
 from serving.db import Appraisal, OutboxEvent, make_engine, make_sessionmaker, upgrade, utcnow
+from tests.serving_support import TOUCHSTONE, free_port
 
 SECRET = "s3cret-for-tests"
 
@@ -274,7 +274,7 @@ def test_receiver_down_is_retried_then_dead_and_can_be_retried(store) -> None:
     assert "ConnectError" in (event.last_error or "")
     assert not outbox.deliver_due(sessions, hooks(down), now=now + dt.timedelta(days=1))
 
-    from touchstone.cli import app
+    from cli import app
 
     runner = CliRunner()
     with pytest.MonkeyPatch.context() as patch:
@@ -430,7 +430,7 @@ def test_config_from_file_and_environment(tmp_path: Path, monkeypatch) -> None: 
 def test_the_example_config_loads(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.delenv("TOUCHSTONE_WEBHOOKS", raising=False)
     monkeypatch.setenv("TOUCHSTONE_WEBHOOK_SECRET", "from-env")
-    example = Path(__file__).resolve().parents[1] / "configs" / "webhooks.example.yaml"
+    example = Path(__file__).resolve().parents[2] / "configs" / "webhooks.example.yaml"
     config = outbox.load_config(example)
     assert config.max_attempts == 8 and config.webhooks[0].secret is not None
     assert config.webhooks[0].secret.get_secret_value() == "from-env"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from touchstone.cli import app
+from cli import app
 
 runner = CliRunner()
 

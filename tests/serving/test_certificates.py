@@ -11,12 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from serving_support import Server, postgres_database, start_server, stop
 from sqlalchemy import select, update
-from test_serving import form, item_photos
 from typer.testing import CliRunner
 
-from touchstone.cli import app as cli
+from cli import app as cli
+from tests.serving_support import Server, form, item_photos, postgres_database, start_server, stop
 
 runner = CliRunner()
 

@@ -31,7 +31,7 @@ from touchstone.data.synth.generate import SynthConfig, render_item
 from touchstone.data.synth.materials import TextureBank
 from touchstone.decision import Thresholds
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 POLICY = PolicyConfig()
 CARD = Thresholds(authentic_at=0.95, counterfeit_at=0.05)
 

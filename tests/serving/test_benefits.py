@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from serving_support import postgres_database, start_server, stop
 from sqlalchemy import select
 
 from serving import benefits, lifecycle
@@ -27,6 +26,7 @@ from serving.db import (
     make_sessionmaker,
     upgrade,
 )
+from tests.serving_support import postgres_database, start_server, stop
 
 TIERS = ("explorer", "connoisseur", "collector", "master", "brand_confidant")
 OUTCOMES = ("authentic", "counterfeit", "inconclusive")
@@ -372,7 +372,7 @@ def test_concurrent_submissions_on_postgresql_spend_a_free_appraisal_once() -> N
 
 
 def test_member_tier_and_benefits_over_http(tmp_path: Path, tiny_synthetic: Path) -> None:
-    from test_serving import form, item_photos
+    from tests.serving_support import form, item_photos
 
     server = start_server(tmp_path / "data", None)
     try:

@@ -12,7 +12,7 @@ matplotlib.use("Agg")  # no screen: render to files
 import matplotlib.pyplot as plt
 import numpy as np
 
-from training.evaluation import DecisionPolicy
+from touchstone.evaluation.evaluate import DecisionPolicy
 
 
 def write_report(

@@ -14,15 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from serving_support import TOUCHSTONE, start_server, stop
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
-from test_serving import form, item_photos
 
+from tests.serving_support import TOUCHSTONE, form, item_photos, start_server, stop
 from touchstone.data.manifest import load_manifest, read_manifest
 from touchstone.imaging import decode_photo
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PHOTO_KEY = base64.b64encode(bytes(range(32))).decode()
 
 

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from serving_support import Server, postgres_database, start_server, stop
 from sqlalchemy import func, select
-from test_serving import form, item_photos
+
+from tests.serving_support import Server, form, item_photos, postgres_database, start_server, stop
 
 HIGH_VALUE = {"declared_value": "80000"}
 

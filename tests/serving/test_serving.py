@@ -11,9 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import Image
-from serving_support import Server, jpeg, start_server, stop
 
-from touchstone.data.manifest import load_manifest
+from tests.serving_support import Server, form, item_photos, jpeg, start_server, stop
 
 AUTO_POLICY = """
 # Thresholds the tiny test model can reach, and no audit draw, so that decisions are automatic.
@@ -37,21 +36,6 @@ def server(
     running = start_server(tmp_path / "data", tiny_model, database_url, policy)
     yield running
     stop(running)
-
-
-def item_photos(manifest: Path, index: int = 0) -> list[tuple[str, tuple[str, bytes, str]]]:
-    """The photos of one synthetic item, as multipart parts named by region."""
-    records = load_manifest(manifest).records
-    item = sorted({r.item_id for r in records})[index]
-    return [
-        (r.region, (r.path.name, r.path.read_bytes(), "image/jpeg"))
-        for r in records
-        if r.item_id == item
-    ]
-
-
-def form(member: str = "m-1", tier: str = "explorer", **extra: str) -> dict[str, str]:
-    return {"member_id": member, "member_tier": tier, "category": "bag", **extra}
 
 
 def test_the_appraisal_api(server: Server, tiny_synthetic: Path) -> None:

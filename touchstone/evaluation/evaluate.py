@@ -25,16 +25,16 @@ from touchstone.decision import (
     photo_probability,
     sigmoid,
 )
-from touchstone.model_card import ModelCard
-from training.calibration import (
+from touchstone.evaluation.calibration import (
     calibration_measures,
     fit_item_aggregation,
     fit_temperature,
     reliability_bins,
 )
-from training.metrics import photo_metrics
-from training.scoring import PhotoScores
-from training.thresholds import Targets, choose_thresholds, clopper_pearson_interval
+from touchstone.evaluation.metrics import photo_metrics
+from touchstone.evaluation.scoring import PhotoScores
+from touchstone.evaluation.thresholds import Targets, choose_thresholds, clopper_pearson_interval
+from touchstone.model_card import ModelCard
 
 
 @dataclass

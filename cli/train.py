@@ -47,7 +47,7 @@ def train(
             f"{result.model_version} as @candidate (MLflow run {result.mlflow_run_id})"
         )
     if result.evaluation:
-        from touchstone.cli.model import print_decisions
+        from cli.model import print_decisions
 
         split = result.evaluation["split"]
         print_decisions(result.evaluation["table"], f"{split} split, items, best weights (torch)")

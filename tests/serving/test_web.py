@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 from playwright.sync_api import Browser, Page, expect
-from serving_support import Server, start_server, stop
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
-from test_serving import form, item_photos
+
+from tests.serving_support import Server, form, item_photos, start_server, stop
 
 CHROMIUM = "/usr/bin/chromium"
 

@@ -6,8 +6,12 @@ import numpy as np
 import pytest
 
 from touchstone.decision import ItemAggregation, Thresholds, sigmoid
-from training.calibration import calibration_measures, fit_item_aggregation, fit_temperature
-from training.thresholds import (
+from touchstone.evaluation.calibration import (
+    calibration_measures,
+    fit_item_aggregation,
+    fit_temperature,
+)
+from touchstone.evaluation.thresholds import (
     Targets,
     choose_thresholds,
     clopper_pearson_interval,

@@ -18,7 +18,7 @@ from training import checkpoints
 from training.config import load_config
 from training.loop import TrainingError, train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs" / "tiny-test.yaml"
 TOUCHSTONE = str(Path(sys.executable).parent / "touchstone")
 

@@ -23,7 +23,7 @@ from touchstone.registry import fetch_model_dir, promote
 from training import export as export_module
 from training.export import ExportError, check_parity, export_onnx, export_run, load_trained
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TOUCHSTONE = str(Path(sys.executable).parent / "touchstone")
 
 

@@ -8,7 +8,7 @@ import numpy as np
 from scipy.optimize import minimize, minimize_scalar
 
 from touchstone.decision import ItemAggregation, sigmoid
-from training.metrics import log_loss
+from touchstone.evaluation.metrics import log_loss
 
 ECE_BINS = 15
 
