@@ -89,8 +89,10 @@ from serving.db import (
     upgrade,
     utcnow,
 )
-from serving.policy import load_policy, sla_due
-from serving.review import ReviewService, VerdictIn, tasks_for
+from serving.policy.config import load_policy
+from serving.policy.routing import sla_due
+from serving.review.service import ReviewService
+from serving.review.tasks import VerdictIn, tasks_for
 from serving.settings import ServiceSettings
 
 TOUCHSTONE = str(Path(sys.executable).parent / "touchstone")

@@ -76,7 +76,8 @@ from rich.console import Console
 from rich.table import Table
 
 from serving.photos import PhotoStore
-from serving.policy import assess_photo, load_policy
+from serving.policy.config import load_policy
+from serving.policy.photo_quality import assess_photo
 from serving.settings import ServiceSettings
 from touchstone.data.manifest import load_manifest
 from touchstone.imaging import decode_photo, to_model_input

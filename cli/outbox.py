@@ -36,7 +36,8 @@ def deliver(
     config: Path | None = CONFIG,
 ) -> None:
     """POST due events to the webhooks (signed; retried with backoff; dead after N tries)."""
-    from serving.outbox import deliver_with, load_config
+    from serving.outbox.config import load_config
+    from serving.outbox.delivery import deliver_with
 
     settings = load_config(config)
     if interval is not None:
@@ -83,7 +84,7 @@ def deliver(
 @app.command("status")
 def status(data_dir: Path = DATA_DIR) -> None:
     """Events by status, the oldest pending one, and the dead letters with their errors."""
-    from serving.outbox import status as outbox_status
+    from serving.outbox.admin import status as outbox_status
 
     engine, sessions = _sessions(data_dir)
     try:
@@ -116,7 +117,7 @@ def retry_dead(
     data_dir: Path = DATA_DIR,
 ) -> None:
     """Put dead letters back in the queue, with their tries counted from zero."""
-    from serving.outbox import retry_dead as requeue
+    from serving.outbox.admin import retry_dead as requeue
 
     engine, sessions = _sessions(data_dir)
     try:

@@ -20,14 +20,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 # Imported for their lifecycle listeners: payments and rewards (benefits), events (outbox,
 # below), certificates (through its router).
 from serving import benefits
-from serving.appraisals import AppraisalService
+from serving.appraisals.service import AppraisalService
 from serving.db import make_engine, make_sessionmaker, upgrade
 from serving.errors import error_body, install_handlers
 from serving.metrics import ServiceMetrics
-from serving.outbox import run_deliverer
+from serving.outbox.delivery import run_deliverer
 from serving.photos import PhotoStore
-from serving.policy import load_policy
-from serving.review import ReviewService
+from serving.policy.config import load_policy
+from serving.review.service import ReviewService
 from serving.routers import appraisals, certificates, erasure, members, review, system
 from serving.runtime import ModelManager
 from serving.settings import ServiceSettings

@@ -99,7 +99,7 @@ def _emit(
 ) -> None:
     """An event for the membership platform, in this transaction, if the outbox exists."""
     try:
-        outbox = importlib.import_module("serving.outbox")
+        outbox = importlib.import_module("serving.outbox.events")
     except ImportError:
         return
     outbox.record(session, kind, member_id=member_id, appraisal_id=appraisal_id, payload=payload)

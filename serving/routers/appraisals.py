@@ -9,12 +9,8 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
-from serving.appraisals import (
-    AppraisalRequest,
-    AppraisalService,
-    PhotoUpload,
-    check_idempotency_key,
-)
+from serving.appraisals.service import AppraisalService
+from serving.appraisals.uploads import AppraisalRequest, PhotoUpload, check_idempotency_key
 from serving.auth import Caller, require
 from serving.errors import ApiError
 from serving.schemas import AppraisalOut, AppraisalPage

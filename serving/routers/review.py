@@ -9,10 +9,11 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, Field
 
-from serving.appraisals import AppraisalRequest
+from serving.appraisals.uploads import AppraisalRequest
 from serving.auth import Caller, require
 from serving.errors import ApiError
-from serving.review import ReviewService, VerdictIn
+from serving.review.service import ReviewService
+from serving.review.tasks import VerdictIn
 from serving.routers.appraisals import read_form
 from serving.schemas import AppraisalOut
 

@@ -25,7 +25,8 @@ from serving.auth import Caller, authenticate
 from serving.db import as_utc, utcnow
 from serving.errors import ApiError, error_body
 from serving.photos import PhotoStoreError
-from serving.review import MAX_PHOTO_ROUNDS, OUTCOMES, ReviewService, VerdictIn
+from serving.review.service import ReviewService
+from serving.review.tasks import MAX_PHOTO_ROUNDS, OUTCOMES, VerdictIn
 from serving.web import queries
 from serving.web.heatmap import GRID, HeatmapCache, heatmap_png
 from serving.web.session import (

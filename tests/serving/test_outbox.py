@@ -21,8 +21,12 @@ import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from serving import lifecycle, outbox
+from serving import lifecycle
 from serving.db import Appraisal, OutboxEvent, make_engine, make_sessionmaker, upgrade, utcnow
+from serving.outbox.config import OutboxConfig, Webhook, load_config, safe_url
+from serving.outbox.delivery import backoff_seconds, deliver_due, run_deliverer
+from serving.outbox.events import record
+from serving.outbox.signing import sign, verify
 from tests.serving_support import TOUCHSTONE, free_port
 
 SECRET = "s3cret-for-tests"
@@ -63,7 +67,7 @@ def receiver() -> Iterator[Receiver]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["Content-Length"]))
-            valid = outbox.verify(SECRET, dict(self.headers.items()), body)
+            valid = verify(SECRET, dict(self.headers.items()), body)
             with state.lock:
                 step = state.plan.pop(0) if state.plan else 200
                 state.seen.append(
@@ -107,8 +111,8 @@ def receiver() -> Iterator[Receiver]:
         server.server_close()
 
 
-def hooks(url: str, secret: str = SECRET) -> list[outbox.Webhook]:
-    return [outbox.Webhook(url=url, secret=secret)]
+def hooks(url: str, secret: str = SECRET) -> list[Webhook]:
+    return [Webhook(url=url, secret=secret)]
 
 
 # -- the database -------------------------------------------------------------------------------
@@ -134,9 +138,7 @@ def sessions(store):  # type: ignore[no-untyped-def]
 def put(sessions, count: int = 1, kind: str = "benefit.granted") -> list[str]:  # type: ignore[no-untyped-def]
     with sessions() as session, session.begin():
         events = [
-            outbox.record(
-                session, kind, member_id=f"m{i}", payload={"asset": "coupon", "amount": i}
-            )
+            record(session, kind, member_id=f"m{i}", payload={"asset": "coupon", "amount": i})
             for i in range(count)
         ]
         return [e.id for e in events]
@@ -178,7 +180,7 @@ def appraisal(**values: object) -> Appraisal:
 
 def test_delivery_is_signed_and_verified_by_the_receiver(sessions, receiver: Receiver) -> None:
     ids = put(sessions, 3)
-    report = outbox.deliver_due(sessions, hooks(receiver.url))
+    report = deliver_due(sessions, hooks(receiver.url))
     assert (report.claimed, report.delivered, report.retried) == (3, 3, 0)
     assert sorted(receiver.ids()) == sorted(ids)
     assert all(s.valid for s in receiver.seen)
@@ -189,10 +191,10 @@ def test_delivery_is_signed_and_verified_by_the_receiver(sessions, receiver: Rec
         event = row(sessions, event_id)
         assert (event.status, event.attempts, event.last_error) == ("delivered", 1, None)
         assert event.delivered_at is not None
-    assert not outbox.deliver_due(sessions, hooks(receiver.url))  # nothing left
+    assert not deliver_due(sessions, hooks(receiver.url))  # nothing left
     # A receiver with another secret refuses it (401): not delivered, tried again later.
     put(sessions, 1)
-    report = outbox.deliver_due(sessions, hooks(receiver.url, "wrong"))
+    report = deliver_due(sessions, hooks(receiver.url, "wrong"))
     assert report.retried == 1 and "HTTP 401" in report.errors[0]
     assert "wrong" not in report.errors[0] and SECRET not in report.errors[0]
 
@@ -200,11 +202,11 @@ def test_delivery_is_signed_and_verified_by_the_receiver(sessions, receiver: Rec
 def test_signature_helper_refuses_tampering_and_old_timestamps() -> None:
     body = b'{"id":"x"}'
     now = str(int(time.time()))
-    headers = {"Touchstone-Timestamp": now, "Touchstone-Signature": outbox.sign(SECRET, now, body)}
-    assert outbox.verify(SECRET, headers, body)
-    assert not outbox.verify(SECRET, headers, body + b" ")
-    assert not outbox.verify("other", headers, body)
-    assert not outbox.verify(SECRET, headers, body, now=time.time() + 3600)
+    headers = {"Touchstone-Timestamp": now, "Touchstone-Signature": sign(SECRET, now, body)}
+    assert verify(SECRET, headers, body)
+    assert not verify(SECRET, headers, body + b" ")
+    assert not verify("other", headers, body)
+    assert not verify(SECRET, headers, body, now=time.time() + 3600)
 
 
 def test_failing_receiver_is_retried_with_backoff_then_delivered_once(
@@ -216,7 +218,7 @@ def test_failing_receiver_is_retried_with_backoff_then_delivered_once(
     now = utcnow()
     waits = []
     for attempt in (1, 2, 3):
-        report = outbox.deliver_due(sessions, hooks(receiver.url), now=now, **options)
+        report = deliver_due(sessions, hooks(receiver.url), now=now, **options)
         assert report.retried == 1, report
         event = row(sessions, event_id)
         assert event.status == "pending" and event.attempts == attempt
@@ -225,10 +227,10 @@ def test_failing_receiver_is_retried_with_backoff_then_delivered_once(
         waits.append((due - now).total_seconds())
         # Not a moment before its time: the backoff is respected.
         early = due - dt.timedelta(seconds=1)
-        assert not outbox.deliver_due(sessions, hooks(receiver.url), now=early, **options)
+        assert not deliver_due(sessions, hooks(receiver.url), now=early, **options)
         now = due
     assert [round(w) for w in waits] == [10, 20, 25]  # 2^n, capped
-    report = outbox.deliver_due(sessions, hooks(receiver.url), now=now, **options)
+    report = deliver_due(sessions, hooks(receiver.url), now=now, **options)
     assert report.delivered == 1
     event = row(sessions, event_id)
     assert (event.status, event.attempts) == ("delivered", 4)
@@ -237,20 +239,20 @@ def test_failing_receiver_is_retried_with_backoff_then_delivered_once(
 
 
 def test_backoff_has_jitter_below_the_exponential_wait() -> None:
-    waits = {outbox.backoff_seconds(3, 2.0, 3600.0, 0.25) for _ in range(50)}
+    waits = {backoff_seconds(3, 2.0, 3600.0, 0.25) for _ in range(50)}
     assert all(6.0 <= w <= 8.0 for w in waits) and len(waits) > 1
-    assert outbox.backoff_seconds(30, 2.0, 60.0, 0.0) == 60.0
+    assert backoff_seconds(30, 2.0, 60.0, 0.0) == 60.0
 
 
 def test_slow_receiver_times_out_and_is_retried(sessions, receiver: Receiver) -> None:
     receiver.plan = [("sleep", 2.0, 200)]
     (event_id,) = put(sessions, 1)
     started = time.monotonic()
-    report = outbox.deliver_due(sessions, hooks(receiver.url), timeout=0.3, backoff_base=0.01)
+    report = deliver_due(sessions, hooks(receiver.url), timeout=0.3, backoff_base=0.01)
     assert time.monotonic() - started < 1.5
     assert report.retried == 1 and "timed out" in report.errors[0]
     time.sleep(0.05)
-    report = outbox.deliver_due(sessions, hooks(receiver.url), timeout=2.0)
+    report = deliver_due(sessions, hooks(receiver.url), timeout=2.0)
     assert report.delivered == 1
     event = row(sessions, event_id)
     assert (event.status, event.attempts) == ("delivered", 2)
@@ -263,7 +265,7 @@ def test_receiver_down_is_retried_then_dead_and_can_be_retried(store) -> None:
     (event_id,) = put(sessions, 1, kind="sla.breached")
     now = utcnow()
     for attempt in (1, 2, 3):
-        report = outbox.deliver_due(
+        report = deliver_due(
             sessions, hooks(down), now=now, max_attempts=3, backoff_base=1.0, jitter=0.0
         )
         assert report.claimed == 1
@@ -272,7 +274,7 @@ def test_receiver_down_is_retried_then_dead_and_can_be_retried(store) -> None:
     event = row(sessions, event_id)
     assert (event.status, event.attempts) == ("dead", 3)
     assert "ConnectError" in (event.last_error or "")
-    assert not outbox.deliver_due(sessions, hooks(down), now=now + dt.timedelta(days=1))
+    assert not deliver_due(sessions, hooks(down), now=now + dt.timedelta(days=1))
 
     from cli import app
 
@@ -305,7 +307,7 @@ def test_events_commit_and_roll_back_with_their_cause(sessions) -> None:
         session.add(lost)
         session.flush()
         lifecycle.emit(session, "appraisal.finalized", lost)
-        outbox.record(session, "benefit.consumed", member_id="m-2", appraisal_id=lost.id)
+        record(session, "benefit.consumed", member_id="m-2", appraisal_id=lost.id)
         raise RuntimeError("crash before commit")
     # Gold items (admins' measuring sticks) have no member to tell.
     gold = appraisal(is_gold=True, member_id="gold")
@@ -333,7 +335,7 @@ def test_several_deliverers_send_each_event_once(sessions, receiver: Receiver) -
 
     def work() -> None:
         try:
-            while outbox.deliver_due(sessions, hooks(receiver.url), batch=5):
+            while deliver_due(sessions, hooks(receiver.url), batch=5):
                 pass
         except BaseException as exc:
             errors.append(exc)
@@ -390,11 +392,11 @@ def test_a_deliverer_killed_mid_delivery_sends_again(store, receiver: Receiver) 
 
 def test_service_loop_delivers_until_stopped(sessions, receiver: Receiver) -> None:
     ids = put(sessions, 2)
-    config = outbox.OutboxConfig(webhooks=hooks(receiver.url), interval_seconds=0.05)
+    config = OutboxConfig(webhooks=hooks(receiver.url), interval_seconds=0.05)
 
     async def main() -> None:
         stop = asyncio.Event()
-        task = asyncio.create_task(outbox.run_deliverer(sessions, None, stop, config=config))
+        task = asyncio.create_task(run_deliverer(sessions, None, stop, config=config))
         for _ in range(200):
             if len(receiver.processed) == 2:
                 break
@@ -413,24 +415,24 @@ def test_config_from_file_and_environment(tmp_path: Path, monkeypatch) -> None: 
         "delivery:\n  max_attempts: 3\n"
     )
     monkeypatch.delenv("TOUCHSTONE_WEBHOOKS", raising=False)
-    config = outbox.load_config(path)
+    config = load_config(path)
     assert config.max_attempts == 3 and config.batch == 100
     assert "from-file" not in repr(config) and "from-file" not in str(config.webhooks)
-    assert outbox.safe_url(config.webhooks[0].url) == "https://members.example/hooks"
+    assert safe_url(config.webhooks[0].url) == "https://members.example/hooks"
     monkeypatch.setenv(
         "TOUCHSTONE_WEBHOOKS", json.dumps([{"url": "http://a/1", "secret": "x"}] * 2)
     )
-    config = outbox.load_config(path)
+    config = load_config(path)
     assert [h.url for h in config.webhooks] == ["http://a/1"] * 2 and config.max_attempts == 3
     monkeypatch.setenv("TOUCHSTONE_WEBHOOKS", json.dumps([{"url": "http://a/1"}]))
     with pytest.raises(ValueError, match="no secret"):
-        outbox.load_config(path)
+        load_config(path)
 
 
 def test_the_example_config_loads(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.delenv("TOUCHSTONE_WEBHOOKS", raising=False)
     monkeypatch.setenv("TOUCHSTONE_WEBHOOK_SECRET", "from-env")
     example = Path(__file__).resolve().parents[2] / "configs" / "webhooks.example.yaml"
-    config = outbox.load_config(example)
+    config = load_config(example)
     assert config.max_attempts == 8 and config.webhooks[0].secret is not None
     assert config.webhooks[0].secret.get_secret_value() == "from-env"

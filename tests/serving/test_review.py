@@ -280,7 +280,7 @@ def test_32_reviewers_on_postgresql_never_share_a_task(
 def test_gold_items_audit_sample_and_quality_numbers(
     tmp_path: Path, tiny_model: Path, tiny_synthetic: Path
 ) -> None:
-    from serving.quality import cohen_kappa
+    from serving.review.quality import cohen_kappa
 
     assert cohen_kappa([("a", "a"), ("c", "c"), ("a", "c"), ("c", "c")]) == pytest.approx(0.5)
     # Every automatic decision goes to the audit sample, at thresholds the tiny model reaches.

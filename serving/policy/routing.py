@@ -22,253 +22,25 @@ Rules 2 to 6 do not need the model's score, so when one fires the reasons list e
 that applies (a reviewer should know that an item is both high-value and a VIP's), and a
 high-value item gets two reviews whichever of them fired first.
 
-Pure and torch-free: the only I/O is `load_policy`. The caller draws `audit_draw` (the service
+Pure and torch-free. The caller draws `audit_draw` (the service
 uses `random.random()`), so the same request always routes the same way.
 """
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Literal
 
-import cv2
-import numpy as np
-import yaml
-from PIL import Image
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    PositiveInt,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
-from pydantic_core import ErrorDetails
-
+from serving.policy.config import PolicyConfig, PolicyError
+from serving.policy.photo_quality import PROBLEM_WORDS
 from touchstone.decision import HUMAN, Thresholds
 
 Status = Literal["decided", "in_review", "awaiting_photos"]
 Outcome = Literal["authentic", "counterfeit"]
 DecisionPath = Literal["auto", "human"]
-
-# Photo problems: stable codes the app turns into its own words.
-TOO_SMALL = "too_small"
-TOO_DARK = "too_dark"
-TOO_BRIGHT = "too_bright"
-BLURRED = "blurred"
-PHOTO_PROBLEMS: tuple[str, ...] = (TOO_SMALL, TOO_DARK, TOO_BRIGHT, BLURRED)
-_PROBLEM_WORDS = {
-    TOO_SMALL: "too small",
-    TOO_DARK: "too dark",
-    TOO_BRIGHT: "too bright (blown out)",
-    BLURRED: "blurred",
-}
-
-
-class PolicyError(ValueError):
-    """A policy that cannot be used, or a request naming something the policy does not know."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class PhotoQualityConfig(_Strict):
-    """Limits a photo must meet before anyone judges the item from it (see configs/policy.yaml
-    for how each default was chosen)."""
-
-    min_side_px: PositiveInt = 64
-    min_brightness: float = Field(30.0, ge=0, le=255)
-    max_brightness: float = Field(245.0, ge=0, le=255)
-    min_sharpness: float = Field(8.0, ge=0)
-    # The Laplacian variance depends on scale: the threshold only means something at this size.
-    sharpness_side_px: int = Field(512, ge=32)
-
-    @model_validator(mode="after")
-    def _brightness_range(self) -> PhotoQualityConfig:
-        if self.min_brightness >= self.max_brightness:
-            raise ValueError("photo_quality.min_brightness must lie below max_brightness")
-        return self
-
-
-class PolicyConfig(_Strict):
-    """The routing policy; the defaults are the domain brief's."""
-
-    tiers: tuple[str, ...] = ("explorer", "connoisseur", "collector", "master", "brand_confidant")
-    vip_tiers: tuple[str, ...] = ("collector", "master", "brand_confidant")
-    sla_hours: dict[str, PositiveInt] = Field(
-        default_factory=lambda: {
-            "explorer": 48,
-            "connoisseur": 24,
-            "collector": 24,
-            "master": 12,
-            "brand_confidant": 12,
-        }
-    )
-    high_value_cny: float = Field(50_000, gt=0)
-    audit_share: float = Field(0.02, ge=0, le=1)
-    min_photos: PositiveInt = 2
-    max_photos: PositiveInt = 12
-    max_photos_per_region: PositiveInt = 4
-    authentic_at: float | None = Field(None, ge=0, le=1)
-    counterfeit_at: float | None = Field(None, ge=0, le=1)
-    photo_quality: PhotoQualityConfig = Field(default_factory=PhotoQualityConfig)
-
-    @field_validator("tiers")
-    @classmethod
-    def _distinct_tiers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        if not value:
-            raise ValueError("at least one tier is needed")
-        twice = sorted({tier for tier in value if value.count(tier) > 1})
-        if twice:
-            raise ValueError(f"tier(s) listed twice: {', '.join(twice)}")
-        return value
-
-    @model_validator(mode="after")
-    def _consistent(self) -> PolicyConfig:
-        tiers = set(self.tiers)
-        unknown_vip = [tier for tier in self.vip_tiers if tier not in tiers]
-        if unknown_vip:
-            raise ValueError(f"vip_tiers names tier(s) not in tiers: {', '.join(unknown_vip)}")
-        missing = [tier for tier in self.tiers if tier not in self.sla_hours]
-        if missing:
-            raise ValueError(f"sla_hours has no hours for tier(s): {', '.join(missing)}")
-        extra = sorted(set(self.sla_hours) - tiers)
-        if extra:
-            raise ValueError(f"sla_hours names tier(s) not in tiers: {', '.join(extra)}")
-        if self.max_photos < self.min_photos:
-            raise ValueError("max_photos must be at least min_photos")
-        if self.max_photos_per_region > self.max_photos:
-            raise ValueError("max_photos_per_region must not exceed max_photos")
-        if (
-            self.authentic_at is not None
-            and self.counterfeit_at is not None
-            and self.counterfeit_at >= self.authentic_at
-        ):
-            raise ValueError("counterfeit_at must lie below authentic_at")
-        return self
-
-    def check_tier(self, tier: str) -> None:
-        if tier not in self.tiers:
-            raise PolicyError(f"unknown member tier {tier!r}; the policy knows {list(self.tiers)}")
-
-    def sla_for(self, tier: str) -> int:
-        self.check_tier(tier)
-        return self.sla_hours[tier]
-
-    def is_vip(self, tier: str) -> bool:
-        self.check_tier(tier)
-        return tier in self.vip_tiers
-
-
-def load_policy(path: Path | None) -> PolicyConfig:
-    """Read a policy YAML file; None gives the defaults. Raise PolicyError naming the bad key."""
-    if path is None:
-        return PolicyConfig()
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PolicyError(f"{path}: cannot read the policy: {exc}") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise PolicyError(f"{path}: not valid YAML: {exc}") from exc
-    if data is None:
-        data = {}  # an empty file asks for the defaults
-    if not isinstance(data, dict):
-        raise PolicyError(
-            f"{path}: a policy is a mapping of keys to values, not a {type(data).__name__}"
-        )
-    try:
-        return PolicyConfig.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(_describe(error) for error in exc.errors())
-        raise PolicyError(f"{path}: {problems}") from exc
-
-
-def _describe(error: ErrorDetails) -> str:
-    where = ".".join(str(part) for part in error["loc"])
-    if error["type"] == "extra_forbidden":
-        known = _keys_at(error["loc"][:-1])
-        close = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})"
-        return f"{where}: unknown key{hint}"
-    message = str(error["msg"]).removeprefix("Value error, ")
-    return f"{where}: {message}" if where else message
-
-
-def _keys_at(loc: tuple[int | str, ...]) -> list[str]:
-    model: type[BaseModel] = PolicyConfig
-    for part in loc:
-        field = model.model_fields.get(str(part))
-        annotation = field.annotation if field else None
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return []
-        model = annotation
-    return list(model.model_fields)
-
-
-# --- photo quality ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PhotoQuality:
-    usable: bool
-    problems: list[str]  # codes from PHOTO_PROBLEMS, in that order
-    brightness: float  # mean luma, 0..255
-    sharpness: float  # variance of the Laplacian at photo_quality.sharpness_side_px
-    width: int
-    height: int
-
-
-def assess_photo(image: Image.Image, config: PolicyConfig) -> PhotoQuality:
-    """Measure one decoded photo against `config.photo_quality`."""
-    limits = config.photo_quality
-    width, height = image.size
-    if width == 0 or height == 0:
-        return PhotoQuality(False, [TOO_SMALL], 0.0, 0.0, width, height)
-    grey = _grey(image, limits.sharpness_side_px)
-    brightness = float(grey.mean())
-    sharpness = float(cv2.Laplacian(grey, cv2.CV_64F).var())
-    problems = []
-    if min(width, height) < limits.min_side_px:
-        problems.append(TOO_SMALL)
-    if brightness < limits.min_brightness:
-        problems.append(TOO_DARK)
-    elif brightness > limits.max_brightness:
-        problems.append(TOO_BRIGHT)
-    # A dark or blown-out photo has little contrast left, so its Laplacian is low whatever the
-    # focus: only an exposed photo can be called blurred, and the member is told to fix the light.
-    elif sharpness < limits.min_sharpness:
-        problems.append(BLURRED)
-    return PhotoQuality(not problems, problems, brightness, sharpness, width, height)
-
-
-def _grey(image: Image.Image, side: int) -> np.ndarray:
-    """The photo in grey, shrunk to at most `side` px on its longer side."""
-    if image.mode not in ("L", "RGB", "RGBA"):
-        image = image.convert("RGB")
-    factor = max(image.size) // side
-    if factor > 1:
-        # An integer box shrink in Pillow first: converting a 12 MP photo to grey would cost
-        # more than everything else here together.
-        image = image.reduce(factor)
-    grey = np.asarray(image if image.mode == "L" else image.convert("L"))
-    height, width = grey.shape
-    if max(height, width) > side:
-        scale = side / max(height, width)
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
-    return grey
-
-
-# --- routing ----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -386,7 +158,7 @@ def _photo_reasons(request: RoutingRequest, config: PolicyConfig) -> list[str]:
         )
     for photo, problems in request.unusable_photos:
         name = f"photo {photo}" if isinstance(photo, int) else photo
-        words = [_PROBLEM_WORDS.get(code, code.replace("_", " ")) for code in problems]
+        words = [PROBLEM_WORDS.get(code, code.replace("_", " ")) for code in problems]
         reasons.append(f"{name} is {' and '.join(words) or 'unusable'}")
     return reasons
 

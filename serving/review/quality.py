@@ -10,7 +10,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from serving.db import Appraisal, ReviewTask, Verdict, as_utc
-from serving.review import FINAL_OUTCOMES, expired_lease
+from serving.review.tasks import FINAL_OUTCOMES, expired_lease
 
 
 def cohen_kappa(pairs: list[tuple[str, str]]) -> float | None:

@@ -10,99 +10,26 @@ commit. Idempotency keys make a retried upload return the appraisal it created t
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
-import random
-import re
 import uuid
-from dataclasses import dataclass, field
 
-from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from serving import lifecycle
-from serving.batching import QueueFull
+from serving.appraisals.judgement import Judgement, judge
+from serving.appraisals.uploads import AppraisalRequest, PhotoUpload
 from serving.db import Appraisal, AppraisalEvent, Photo, utcnow
 from serving.errors import ApiError
 from serving.metrics import ServiceMetrics
-from serving.photos import PhotoStore, StoredPhoto
-from serving.policy import (
-    PolicyConfig,
-    RoutingDecision,
-    RoutingRequest,
-    assess_photo,
-    effective_thresholds,
-    route,
-    sla_due,
-)
-from serving.review import MAX_PHOTO_ROUNDS, tasks_for
+from serving.photos import PhotoStore
+from serving.policy.config import PolicyConfig
+from serving.policy.photo_quality import assess_photo
+from serving.policy.routing import RoutingDecision, sla_due
+from serving.review.tasks import MAX_PHOTO_ROUNDS, tasks_for
 from serving.runtime import ModelManager, ModelRuntime
-from touchstone.decision import photo_probability, sigmoid
-from touchstone.imaging import PhotoError, decode_photo, to_model_input
-
-IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9._:\-]{8,255}$")
-
-
-@dataclass
-class PhotoUpload:
-    region: str
-    data: bytes
-    image: Image.Image | None = None
-    stored: StoredPhoto | None = None
-    usable: bool = True
-    problems: list[str] = field(default_factory=list)
-    log_odds: float | None = None
-
-
-@dataclass
-class AppraisalRequest:
-    member_id: str
-    member_tier: str
-    category: str
-    brand: str | None
-    declared_value: float | None
-    photos: list[PhotoUpload]
-    idempotency_key: str | None
-
-    def fingerprint(self) -> str:
-        """What makes two uploads the same request: fields and photo bytes, in order."""
-        body = {
-            "member_id": self.member_id,
-            "member_tier": self.member_tier,
-            "category": self.category,
-            "brand": self.brand,
-            "declared_value": self.declared_value,
-            "photos": [(p.region, hashlib.sha256(p.data).hexdigest()) for p in self.photos],
-        }
-        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-
-
-@dataclass
-class Judgement:
-    """The policy's decision, the model that scored the photos (None: no model took part),
-    and the item's p(authentic)."""
-
-    decision: RoutingDecision
-    runtime: ModelRuntime | None
-    p_authentic: float | None
-    model_outcome: str | None = None  # what the model alone would have decided
-
-    def columns(self) -> dict[str, object]:
-        card = self.runtime.card if self.runtime else None
-        return {
-            "status": self.decision.status,
-            "outcome": self.decision.outcome,
-            "path": self.decision.path,
-            "p_authentic": self.p_authentic,
-            "rule": self.decision.rule,
-            "reasons": list(self.decision.reasons),
-            "reviews_required": self.decision.reviews_required,
-            "model_name": card.name if card else None,
-            "model_version": card.version if card else None,
-            "model_outcome": self.model_outcome,
-        }
+from touchstone.decision import photo_probability
+from touchstone.imaging import PhotoError, decode_photo
 
 
 class AppraisalService:
@@ -153,7 +80,7 @@ class AppraisalService:
                 return existing, False
         await self._prepare(request.photos)
         async with self.models.use() as runtime:
-            judgement = await self._decide(request, request.photos, runtime)
+            judgement = await judge(request, request.photos, runtime, self.policy, self.metrics)
         created = await asyncio.to_thread(self._insert, request, fingerprint, judgement)
         if created is None:  # a concurrent retry with the same key committed first
             existing = await asyncio.to_thread(self._replay, request.idempotency_key, fingerprint)
@@ -167,7 +94,7 @@ class AppraisalService:
         reviewers (a member-like id, a generic reason), so their accuracy on it is honest."""
         await self._prepare(request.photos)
         async with self.models.use() as runtime:
-            judgement = await self._decide(request, request.photos, runtime)
+            judgement = await judge(request, request.photos, runtime, self.policy, self.metrics)
         judgement.decision = RoutingDecision(
             status="in_review",
             outcome=None,
@@ -208,8 +135,14 @@ class AppraisalService:
             None,
         )
         async with self.models.use() as runtime:
-            judgement = await self._decide(
-                request, photos, runtime, earlier=earlier, last_round=round_ >= MAX_PHOTO_ROUNDS
+            judgement = await judge(
+                request,
+                photos,
+                runtime,
+                self.policy,
+                self.metrics,
+                earlier=earlier,
+                last_round=round_ >= MAX_PHOTO_ROUNDS,
             )
         if appraisal.rule == "reviewer_needs_more_photos" and judgement.decision.status != (
             "awaiting_photos"
@@ -281,83 +214,6 @@ class AppraisalService:
             photo.usable, photo.problems = quality.usable, list(quality.problems)
 
         await asyncio.gather(*(asyncio.to_thread(one, p) for p in photos))
-
-    async def _decide(
-        self,
-        request: AppraisalRequest,
-        new_photos: list[PhotoUpload],
-        runtime: ModelRuntime | None,
-        earlier: list[PhotoUpload] | None = None,
-        last_round: bool = False,
-    ) -> Judgement:
-        usable = [p for p in new_photos if p.usable]
-        model_ready = runtime is not None
-        if runtime is not None and usable:
-            prep = runtime.model.preprocessing
-            pixels = await asyncio.gather(
-                *(asyncio.to_thread(to_model_input, p.image, prep) for p in usable)
-            )
-            try:
-                scores = await runtime.log_odds(list(pixels), [p.region for p in usable])
-            except QueueFull as exc:
-                self.metrics.overloaded.inc()
-                raise ApiError(
-                    503,
-                    "overloaded",
-                    "the model's queue is full; retry shortly",
-                    {"Retry-After": str(max(1, round(exc.retry_after)))},
-                ) from exc
-            except Exception:  # the model failed: people decide, the upload is kept
-                model_ready = False
-            else:
-                for photo, score in zip(usable, scores, strict=True):
-                    photo.log_odds = float(score)
-        p_authentic = None
-        scored = [p for p in [*(earlier or []), *usable] if p.log_odds is not None]
-        if model_ready and runtime is not None and scored:
-            aggregation = runtime.card.aggregation()
-            p_authentic = float(
-                sigmoid(aggregation.item_log_odds([(p.region, p.log_odds) for p in scored]))
-            )
-        # The card's thresholds: `route` applies the policy's overrides itself.
-        card_thresholds = runtime.card.thresholds.to_thresholds() if runtime is not None else None
-        model_outcome = None
-        if p_authentic is not None:
-            model_outcome = effective_thresholds(card_thresholds, self.policy).route(p_authentic)
-        unusable = [(p.region, p.problems) for p in new_photos if not p.usable]
-        photo_count = len(scored) if model_ready else len([*(earlier or []), *usable])
-        if last_round and (unusable or photo_count < self.policy.min_photos):
-            # The member has tried enough times: a person decides from what there is.
-            high_value = (request.declared_value or 0) > self.policy.high_value_cny
-            decision = RoutingDecision(
-                status="in_review",
-                outcome=None,
-                path="human",
-                rule="photos_exhausted",
-                reasons=[
-                    f"the photos are still not usable after {MAX_PHOTO_ROUNDS} rounds, so a "
-                    "reviewer decides from what there is"
-                ],
-                reviews_required=2 if high_value else 1,
-                sla_hours=self.policy.sla_for(request.member_tier),
-            )
-            return Judgement(decision, runtime if model_ready else None, p_authentic, model_outcome)
-        decision = route(
-            RoutingRequest(
-                member_tier=request.member_tier,
-                category=request.category,
-                declared_value_cny=request.declared_value,
-                photo_count=photo_count,
-                unusable_photos=unusable,
-                model_ready=model_ready,
-                p_authentic=p_authentic,
-                model_categories=runtime.card.categories if runtime is not None else (),
-                thresholds=card_thresholds,
-                audit_draw=random.random(),
-            ),
-            self.policy,
-        )
-        return Judgement(decision, runtime if model_ready else None, p_authentic, model_outcome)
 
     def _replay(self, key: str | None, fingerprint: str) -> Appraisal | None:
         with self.sessions() as session:
@@ -494,15 +350,3 @@ def _event(kind: str, decision: RoutingDecision) -> AppraisalEvent:
         rule=decision.rule,
         detail={"status": decision.status, "outcome": decision.outcome, "path": decision.path},
     )
-
-
-def check_idempotency_key(value: str | None) -> str | None:
-    if value is None:
-        return None
-    if not IDEMPOTENCY_KEY.match(value):
-        raise ApiError(
-            422,
-            "invalid_idempotency_key",
-            "Idempotency-Key must be 8 to 255 characters of letters, digits and . _ : -",
-        )
-    return value

@@ -1,0 +1,118 @@
+"""The routing policy's settings (`configs/policy.yaml`): tiers and their SLAs, who goes to
+people whatever the model says, photo counts and quality limits, and optional threshold
+overrides. Every number is a default here and in the YAML file, never a constant in the code
+that uses it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
+
+from touchstone.config_files import ConfigFileError, load_yaml_model
+
+
+class PolicyError(ValueError):
+    """A policy that cannot be used, or a request naming something the policy does not know."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PhotoQualityConfig(_Strict):
+    """Limits a photo must meet before anyone judges the item from it (see configs/policy.yaml
+    for how each default was chosen)."""
+
+    min_side_px: PositiveInt = 64
+    min_brightness: float = Field(30.0, ge=0, le=255)
+    max_brightness: float = Field(245.0, ge=0, le=255)
+    min_sharpness: float = Field(8.0, ge=0)
+    # The Laplacian variance depends on scale: the threshold only means something at this size.
+    sharpness_side_px: int = Field(512, ge=32)
+
+    @model_validator(mode="after")
+    def _brightness_range(self) -> PhotoQualityConfig:
+        if self.min_brightness >= self.max_brightness:
+            raise ValueError("photo_quality.min_brightness must lie below max_brightness")
+        return self
+
+
+class PolicyConfig(_Strict):
+    """The routing policy; the defaults are the domain brief's."""
+
+    tiers: tuple[str, ...] = ("explorer", "connoisseur", "collector", "master", "brand_confidant")
+    vip_tiers: tuple[str, ...] = ("collector", "master", "brand_confidant")
+    sla_hours: dict[str, PositiveInt] = Field(
+        default_factory=lambda: {
+            "explorer": 48,
+            "connoisseur": 24,
+            "collector": 24,
+            "master": 12,
+            "brand_confidant": 12,
+        }
+    )
+    high_value_cny: float = Field(50_000, gt=0)
+    audit_share: float = Field(0.02, ge=0, le=1)
+    min_photos: PositiveInt = 2
+    max_photos: PositiveInt = 12
+    max_photos_per_region: PositiveInt = 4
+    authentic_at: float | None = Field(None, ge=0, le=1)
+    counterfeit_at: float | None = Field(None, ge=0, le=1)
+    photo_quality: PhotoQualityConfig = Field(default_factory=PhotoQualityConfig)
+
+    @field_validator("tiers")
+    @classmethod
+    def _distinct_tiers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("at least one tier is needed")
+        twice = sorted({tier for tier in value if value.count(tier) > 1})
+        if twice:
+            raise ValueError(f"tier(s) listed twice: {', '.join(twice)}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PolicyConfig:
+        tiers = set(self.tiers)
+        unknown_vip = [tier for tier in self.vip_tiers if tier not in tiers]
+        if unknown_vip:
+            raise ValueError(f"vip_tiers names tier(s) not in tiers: {', '.join(unknown_vip)}")
+        missing = [tier for tier in self.tiers if tier not in self.sla_hours]
+        if missing:
+            raise ValueError(f"sla_hours has no hours for tier(s): {', '.join(missing)}")
+        extra = sorted(set(self.sla_hours) - tiers)
+        if extra:
+            raise ValueError(f"sla_hours names tier(s) not in tiers: {', '.join(extra)}")
+        if self.max_photos < self.min_photos:
+            raise ValueError("max_photos must be at least min_photos")
+        if self.max_photos_per_region > self.max_photos:
+            raise ValueError("max_photos_per_region must not exceed max_photos")
+        if (
+            self.authentic_at is not None
+            and self.counterfeit_at is not None
+            and self.counterfeit_at >= self.authentic_at
+        ):
+            raise ValueError("counterfeit_at must lie below authentic_at")
+        return self
+
+    def check_tier(self, tier: str) -> None:
+        if tier not in self.tiers:
+            raise PolicyError(f"unknown member tier {tier!r}; the policy knows {list(self.tiers)}")
+
+    def sla_for(self, tier: str) -> int:
+        self.check_tier(tier)
+        return self.sla_hours[tier]
+
+    def is_vip(self, tier: str) -> bool:
+        self.check_tier(tier)
+        return tier in self.vip_tiers
+
+
+def load_policy(path: Path | None) -> PolicyConfig:
+    """Read a policy YAML file; None gives the defaults. Raise PolicyError naming the bad key."""
+    if path is None:
+        return PolicyConfig()
+    try:
+        return load_yaml_model(path, PolicyConfig)
+    except ConfigFileError as exc:
+        raise PolicyError(str(exc)) from exc

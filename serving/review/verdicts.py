@@ -1,0 +1,141 @@
+"""A reviewer's verdict and what follows it: a single review finalizes the item (or sends it
+back for photos); a double review waits for its pair, finalizes when the two agree and opens a
+senior's escalation when they do not. Runs in the caller's transaction."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from serving import lifecycle
+from serving.auth import Caller
+from serving.db import Appraisal, AppraisalEvent, AuditEntry, ReviewTask, Verdict
+from serving.review.tasks import MAX_PHOTO_ROUNDS, VerdictIn
+
+
+def record_verdict(
+    session: Session,
+    caller: Caller,
+    task: ReviewTask,
+    appraisal: Appraisal,
+    verdict: VerdictIn,
+    now: dt.datetime,
+) -> None:
+    """Store the verdict on a task the caller holds, close the task, and move the item on."""
+    session.add(
+        Verdict(
+            task_id=task.id,
+            appraisal_id=appraisal.id,
+            reviewer=caller.key_id,
+            outcome=verdict.outcome,
+            notes=verdict.notes,
+            findings=verdict.findings,
+            created_at=now,
+        )
+    )
+    task.status, task.done_at = "done", now
+    session.add(
+        AuditEntry(
+            actor=caller.key_id,
+            action="verdict",
+            appraisal_id=appraisal.id,
+            detail={"task": task.id, "stage": task.stage, "outcome": verdict.outcome},
+        )
+    )
+    session.flush()
+    _progress(session, appraisal, task, verdict, now)
+
+
+def _progress(
+    session: Session,
+    appraisal: Appraisal,
+    task: ReviewTask,
+    verdict: VerdictIn,
+    now: dt.datetime,
+) -> None:
+    if task.stage != "double":
+        _apply(session, appraisal, verdict.outcome, task.stage, now)
+        return
+    # The current pair: after more photos a new pair of tasks is made.
+    pair = session.scalars(
+        select(ReviewTask)
+        .where(ReviewTask.appraisal_id == appraisal.id, ReviewTask.stage == "double")
+        .order_by(ReviewTask.id.desc())
+        .limit(2)
+    ).all()
+    if len(pair) < 2 or any(t.status != "done" for t in pair):
+        return  # the other reviewer has not answered yet
+    outcomes = [
+        session.scalar(select(Verdict.outcome).where(Verdict.task_id == t.id)) for t in pair
+    ]
+    if outcomes[0] == outcomes[1]:
+        _apply(session, appraisal, outcomes[0], "double", now)
+        return
+    session.add(
+        ReviewTask(
+            appraisal_id=appraisal.id,
+            stage="escalation",
+            required_role="senior",
+            blind=False,
+            status="open",
+            due_at=appraisal.sla_due_at,
+        )
+    )
+    session.add(
+        AppraisalEvent(
+            appraisal_id=appraisal.id,
+            kind="escalated",
+            rule="reviewers_disagree",
+            detail={"outcomes": list(outcomes)},
+        )
+    )
+
+
+def _apply(
+    session: Session, appraisal: Appraisal, outcome: str, stage: str, now: dt.datetime
+) -> None:
+    # Whatever else was open for this appraisal is no longer needed.
+    session.execute(
+        update(ReviewTask)
+        .where(
+            ReviewTask.appraisal_id == appraisal.id,
+            ReviewTask.status.in_(("open", "claimed")),
+        )
+        .values(status="cancelled")
+        .execution_options(synchronize_session=False)
+    )
+    if outcome == "needs_more_photos" and appraisal.photo_rounds >= MAX_PHOTO_ROUNDS:
+        outcome = "inconclusive"
+        appraisal.reasons = [
+            *appraisal.reasons,
+            f"still no usable photos after {MAX_PHOTO_ROUNDS} rounds: inconclusive",
+        ]
+    if outcome == "needs_more_photos":
+        appraisal.status, appraisal.outcome = "awaiting_photos", None
+        appraisal.rule = "reviewer_needs_more_photos"
+        appraisal.reasons = [*appraisal.reasons, "a reviewer asked for more photos"]
+        kind = "photos_requested"
+    else:
+        # Set only when an earlier verdict stood (the model's, before the member asked for
+        # a person); routed items carry no outcome until their verdict.
+        previous = appraisal.outcome
+        appraisal.status, appraisal.outcome, appraisal.path = "finalized", outcome, "human"
+        appraisal.finalized_at = now
+        kind = "finalized"
+    appraisal.updated_at = now
+    session.add(
+        AppraisalEvent(
+            appraisal_id=appraisal.id,
+            kind=kind,
+            rule=f"{stage}_verdict",
+            detail={"outcome": outcome},
+        )
+    )
+    if kind == "finalized":
+        session.flush()
+        lifecycle.emit(session, "appraisal.finalized", appraisal)
+        if previous is not None and previous != outcome:
+            # A person changed what the model had decided alone (the member asked).
+            lifecycle.emit(session, "appraisal.overturned", appraisal, previous=previous)
