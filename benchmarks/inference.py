@@ -24,13 +24,8 @@ from rich.table import Table
 from touchstone.data.manifest import load_manifest
 from touchstone.evaluation.scoring import prepare_photo
 from touchstone.inference import default_threads, open_session
-from training.export import (
-    INPUT_NAME,
-    calibration_sample,
-    export_onnx,
-    load_trained,
-    quantize_int8,
-)
+from training.onnx_export import INPUT_NAME, export_onnx, load_trained
+from training.quantization import calibration_sample, quantize_int8
 
 
 def timed(run, batch: np.ndarray, repeats: int) -> list[float]:

@@ -28,8 +28,9 @@ from touchstone.data.manifest import load_manifest
 from touchstone.data.synth import SynthConfig, generate_dataset
 from training.config import load_config
 from training.data import RegionPhotos, train_loader
-from training.loop import split_records, train
+from training.loop import train
 from training.models import create_model
+from training.run_setup import split_records
 
 
 def touchstone_rate(config_path: Path, manifest: Path, steps: int, out: Path) -> float:

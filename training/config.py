@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from touchstone.config_files import ConfigFileError, read_yaml, validate
 from touchstone.data.splitting import parse_fractions
 
 
@@ -92,32 +93,25 @@ class TrainConfig(_Strict):
     tracking: TrackingConfig = TrackingConfig()
 
 
-class ConfigError(ValueError):
+class ConfigError(ConfigFileError):
     """A config file or override that cannot be used; the message names the key."""
 
 
 def load_config(path: Path | None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
     """Read a YAML config, apply `key.sub=value` overrides, validate."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read {path}: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping of settings")
+    try:
+        data = read_yaml(path) if path is not None else {}
+    except ConfigFileError as exc:
+        raise ConfigError(str(exc)) from exc
     for override in overrides:
         key, sep, raw = override.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"override {override!r} must look like key.sub=value")
         _set(data, key.strip().split("."), yaml.safe_load(raw) if raw else None)
     try:
-        return TrainConfig.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}" for error in exc.errors()
-        )
-        raise ConfigError(f"invalid training config: {problems}") from exc
+        return validate(TrainConfig, data, "invalid training config")
+    except ConfigFileError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def _set(data: dict[str, Any], keys: list[str], value: Any) -> None:

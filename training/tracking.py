@@ -15,6 +15,7 @@ import torch
 from touchstone.data.manifest import PhotoRecord
 from touchstone.imaging import Preprocessing
 from training.config import TrackingConfig
+from training.run_setup import RunContext
 
 CANDIDATE_ALIAS = "candidate"
 
@@ -92,6 +93,26 @@ class MlflowTracker(NullTracker):
 
     def finish(self, status: str) -> None:
         self.mlflow.end_run(status=status)
+
+
+def start_tracking(run: RunContext, preprocessing: Preprocessing) -> NullTracker:
+    """An MLflow run with the config, the system and the data as parameters (rank 0 only)."""
+    config = run.config
+    if not config.tracking.enabled:
+        return NullTracker()
+    tags = {
+        "git_commit": git_commit(),
+        "data.manifest": str(run.manifest.path),
+        "data.manifest_sha256": run.manifest.content_hash(),
+        "run_dir": str(run.out.resolve()),
+    }
+    tracker = MlflowTracker(config.tracking, run.out.name, tags)
+    params = flatten("", config.model_dump(mode="json"))
+    params.update(system_info(run.world.device, run.world.size))
+    params.update(data_params(run.splits, run.regions, preprocessing))
+    tracker.log_params(params)
+    tracker.log_artifact(run.out / "config.yaml")
+    return tracker
 
 
 def git_commit() -> str:

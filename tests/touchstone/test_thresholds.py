@@ -98,7 +98,7 @@ def test_temperature_and_item_aggregation_calibrate() -> None:
     assert 2.0 < temperature < 4.5
     before = calibration_measures(sigmoid(overconfident), y)
     after = calibration_measures(sigmoid(overconfident / temperature), y)
-    assert after["ece"] < before["ece"] and after["nll"] < before["nll"]
+    assert after.ece < before.ece and after.nll < before.nll
 
     # Item features: region 0 informative, region 1 noise; the noise region gets ~0 weight.
     means = np.stack([true_log_odds, rng.normal(0, 3, 5000)], axis=1)

@@ -20,7 +20,7 @@ from touchstone.imaging import decode_photo
 from touchstone.inference import OnnxModel
 from touchstone.model_card import ModelCardError, load_model_dir
 from touchstone.registry import fetch_model_dir, promote
-from training import export as export_module
+from training import quantization
 from training.export import ExportError, check_parity, export_onnx, export_run, load_trained
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -234,7 +234,7 @@ def test_int8_export_records_the_accuracy_change_and_refuses_a_loss(
     OnnxModel(result.model_dir)  # loads and matches its card
 
     # Any loss at all is too much here, so the export must refuse without --force.
-    monkeypatch.setattr(export_module, "MAX_INT8_ITEM_ACCURACY_DROP", -1.0)
+    monkeypatch.setattr(quantization, "MAX_INT8_ITEM_ACCURACY_DROP", -1.0)
     with pytest.raises(ExportError, match="--force"):
         export_run(tiny_run, tmp_path / "refused", quantize="int8", register=False)
     assert not (tmp_path / "refused" / "model.onnx").exists()

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator
 
+from touchstone.config_files import ConfigFileError, read_yaml, validate
 from touchstone.imaging import BBox
 from touchstone.vocabulary import DEFAULT_REGIONS, LABELS, SOURCES, SPLITS, check_region_vocabulary
 
@@ -125,10 +126,11 @@ def read_dataset_info(manifest_path: Path) -> DatasetInfo:
     if not sidecar.exists():
         return DatasetInfo()
     try:
-        data = yaml.safe_load(sidecar.read_text(encoding="utf-8")) or {}
-        return DatasetInfo.model_validate(data)
-    except (yaml.YAMLError, ValidationError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"{sidecar}: not a valid data set description: {exc}") from exc
+        return validate(
+            DatasetInfo, read_yaml(sidecar), f"{sidecar}: not a valid data set description"
+        )
+    except ConfigFileError as exc:
+        raise ManifestError(str(exc)) from exc
 
 
 def read_manifest(path: str | os.PathLike[str], regions: Iterable[str] | None = None) -> Manifest:

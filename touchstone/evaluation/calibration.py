@@ -4,6 +4,8 @@ the `calib` split; and the measures of how well probabilities are calibrated.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy.optimize import minimize, minimize_scalar
 
@@ -11,6 +13,24 @@ from touchstone.decision import ItemAggregation, sigmoid
 from touchstone.evaluation.metrics import log_loss
 
 ECE_BINS = 15
+
+
+@dataclass(frozen=True)
+class CalibrationMeasures:
+    """How far probabilities are from outcomes: ECE, negative log-likelihood, Brier score."""
+
+    ece: float
+    nll: float
+    brier: float
+
+
+@dataclass(frozen=True)
+class ReliabilityBin:
+    """One bin of a reliability diagram: mean predicted p, observed share authentic, count."""
+
+    predicted: float
+    observed: float
+    count: int
 
 
 def fit_temperature(log_odds: np.ndarray, labels: np.ndarray) -> float:
@@ -50,10 +70,10 @@ def fit_item_aggregation(
     return ItemAggregation(tuple(regions), tuple(float(w) for w in theta[1:]), float(theta[0]))
 
 
-def calibration_measures(p: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+def calibration_measures(p: np.ndarray, labels: np.ndarray) -> CalibrationMeasures:
     """ECE (15 equal-width bins of p(authentic)), NLL and Brier score."""
     if len(p) == 0:
-        return {"ece": float("nan"), "nll": float("nan"), "brier": float("nan")}
+        return CalibrationMeasures(float("nan"), float("nan"), float("nan"))
     p = np.clip(p.astype(np.float64), 1e-12, 1 - 1e-12)
     bins = np.minimum((p * ECE_BINS).astype(int), ECE_BINS - 1)
     ece = 0.0
@@ -63,10 +83,10 @@ def calibration_measures(p: np.ndarray, labels: np.ndarray) -> dict[str, float]:
             ece += mask.mean() * abs(p[mask].mean() - labels[mask].mean())
     nll = -np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p))
     brier = np.mean((p - labels) ** 2)
-    return {"ece": float(ece), "nll": float(nll), "brier": float(brier)}
+    return CalibrationMeasures(float(ece), float(nll), float(brier))
 
 
-def reliability_bins(p: np.ndarray, labels: np.ndarray) -> list[dict[str, float]]:
+def reliability_bins(p: np.ndarray, labels: np.ndarray) -> list[ReliabilityBin]:
     """Per bin: mean predicted p, observed share authentic, count (for the diagram)."""
     bins = np.minimum((p * ECE_BINS).astype(int), ECE_BINS - 1)
     rows = []
@@ -74,10 +94,10 @@ def reliability_bins(p: np.ndarray, labels: np.ndarray) -> list[dict[str, float]
         mask = bins == b
         if mask.any():
             rows.append(
-                {
-                    "predicted": float(p[mask].mean()),
-                    "observed": float(labels[mask].mean()),
-                    "count": int(mask.sum()),
-                }
+                ReliabilityBin(
+                    predicted=float(p[mask].mean()),
+                    observed=float(labels[mask].mean()),
+                    count=int(mask.sum()),
+                )
             )
     return rows

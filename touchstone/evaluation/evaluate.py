@@ -1,17 +1,14 @@
 """Evaluation: photo and item metrics, calibration, the auto/human split and its error rates.
 
-`fit_policy` turns the scores of the `calib` split into a decision policy (temperature, item
-aggregation, thresholds); `evaluate` measures any scored split under a policy. Training runs,
-`touchstone export` and `touchstone evaluate` all call these two, on scores from torch or from
-ONNX Runtime alike.
+`evaluate` measures any scored split under a decision policy (see `policy.fit_policy`).
+Training runs, `touchstone export` and `touchstone evaluate` all call it, on scores from torch
+or from ONNX Runtime alike.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
@@ -21,247 +18,214 @@ from touchstone.decision import (
     AUTO_COUNTERFEIT,
     HUMAN,
     ItemAggregation,
-    Thresholds,
     photo_probability,
     sigmoid,
 )
-from touchstone.evaluation.calibration import (
-    calibration_measures,
-    fit_item_aggregation,
-    fit_temperature,
-    reliability_bins,
-)
+from touchstone.evaluation.calibration import calibration_measures, reliability_bins
 from touchstone.evaluation.metrics import photo_metrics
-from touchstone.evaluation.scoring import PhotoScores
-from touchstone.evaluation.thresholds import Targets, choose_thresholds, clopper_pearson_interval
-from touchstone.model_card import ModelCard
+from touchstone.evaluation.policy import DecisionPolicy
+from touchstone.evaluation.results import (
+    CalibrationCheck,
+    CategoryItems,
+    CategoryPhotos,
+    CueStrengthRow,
+    Decisions,
+    ErrorRate,
+    Evaluation,
+    ItemProbabilities,
+    ItemResults,
+    PassedCounterfeit,
+    PhotoMeasures,
+    PhotoResults,
+    RateTargets,
+    RiskCoverage,
+)
+from touchstone.evaluation.scoring import ItemScores, PhotoScores, item_scores
+from touchstone.evaluation.thresholds import clopper_pearson_interval
+
+CUE_STRENGTH_EDGES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.01)
 
 
-@dataclass
-class DecisionPolicy:
-    temperature: float
-    aggregation: ItemAggregation
-    thresholds: Thresholds
-    targets: Targets = field(default_factory=Targets)
-    evidence: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class ItemScores:
-    item_ids: list[str]
-    labels: np.ndarray  # 1 authentic, 0 counterfeit
-    categories: list[str]
-    means: np.ndarray  # (items, regions) mean photo log-odds, 0 where absent
-    present: np.ndarray  # (items, regions) bool
-    super_fake: np.ndarray  # bool; False when the data does not say
-    cue_strength: np.ndarray  # strongest counterfeit cue of the item; nan when unknown
-
-    def log_odds(self, aggregation: ItemAggregation) -> np.ndarray:
-        return aggregation.item_log_odds_from_features(self.means)
-
-
-def item_scores(scores: PhotoScores) -> ItemScores:
-    ids = sorted({r.item_id for r in scores.records})
-    index = {item: i for i, item in enumerate(ids)}
-    item_index = np.array([index[r.item_id] for r in scores.records], dtype=int)
-    means, present = ItemAggregation.uncalibrated(scores.regions).region_features(
-        item_index, scores.region_index, scores.log_odds, len(ids)
+def evaluate(scores: PhotoScores, policy: DecisionPolicy) -> Evaluation:
+    """Everything a report shows about one scored split."""
+    items = item_scores(scores)
+    p_item = sigmoid(items.log_odds(policy.aggregation))
+    routes = policy.thresholds.routes(p_item)
+    return Evaluation(
+        photo=photo_results(scores, policy),
+        item=item_results(items, p_item, scores.regions),
+        decisions=decisions(routes, items.labels, policy),
+        risk_coverage=risk_coverage(p_item, items.labels),
+        counterfeits_by_cue_strength=by_cue_strength(items, routes),
+        passed_counterfeits=passed_counterfeits(items, p_item, routes),
+        item_p_authentic=ItemProbabilities(p_item, items.labels),
     )
-    labels = np.zeros(len(ids))
-    categories = ["unknown"] * len(ids)
-    super_fake = np.zeros(len(ids), bool)
-    strength = np.full(len(ids), np.nan)
-    for record, i in zip(scores.records, item_index, strict=True):
-        labels[i] = 1.0 if record.label == "authentic" else 0.0
-        categories[i] = record.category or "unknown"
-        super_fake[i] |= record.extra.get("super_fake") == "1"
-        if record.extra.get("cue_strength"):
-            strength[i] = np.fmax(strength[i], float(record.extra["cue_strength"]))
-    return ItemScores(ids, labels, categories, means, present, super_fake, strength)
-
-
-def fit_policy(calib: PhotoScores, targets: Targets | None = None) -> DecisionPolicy:
-    targets = targets or Targets()
-    labels = calib.labels
-    temperature = fit_temperature(calib.log_odds, labels)
-    items = item_scores(calib)
-    aggregation = fit_item_aggregation(items.means, items.labels, calib.regions)
-    p_item = sigmoid(items.log_odds(aggregation))
-    thresholds, evidence = choose_thresholds(p_item, items.labels, targets)
-    return DecisionPolicy(temperature, aggregation, thresholds, targets, evidence)
 
 
 def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(roc_auc_score(labels, scores)) if 0 < labels.sum() < len(labels) else float("nan")
 
 
-def _rate(errors: int, n: int) -> dict[str, Any]:
-    low, high = clopper_pearson_interval(errors, n)
+def calibration_check(
+    before: np.ndarray, after: np.ndarray, labels: np.ndarray
+) -> CalibrationCheck:
+    return CalibrationCheck(
+        before=calibration_measures(before, labels),
+        after=calibration_measures(after, labels),
+        reliability_before=reliability_bins(before, labels),
+        reliability_after=reliability_bins(after, labels),
+    )
+
+
+def photo_results(scores: PhotoScores, policy: DecisionPolicy) -> PhotoResults:
+    labels = scores.labels
+    metrics = photo_metrics(scores.log_odds, labels, scores.region_index, scores.regions)
+    return PhotoResults(
+        overall=PhotoMeasures.from_metrics(metrics),
+        by_region={
+            region: PhotoMeasures.from_metrics(metrics, f"{region}/")
+            for region in scores.regions
+            if f"{region}/count" in metrics
+        },
+        by_category=photos_by_category(scores),
+        calibration=calibration_check(
+            sigmoid(scores.log_odds), photo_probability(scores.log_odds, policy.temperature), labels
+        ),
+        skipped=len(scores.skipped),
+    )
+
+
+def photos_by_category(scores: PhotoScores) -> dict[str, CategoryPhotos]:
+    labels, log_odds = scores.labels, scores.log_odds
+    rows = {}
+    for category in sorted({r.category or "unknown" for r in scores.records}):
+        mask = np.array([(r.category or "unknown") == category for r in scores.records])
+        rows[category] = CategoryPhotos(
+            photos=int(mask.sum()),
+            accuracy=float(np.mean((log_odds[mask] > 0) == (labels[mask] > 0.5))),
+            auc=_auc(labels[mask], log_odds[mask]),
+        )
+    return rows
+
+
+def item_results(items: ItemScores, p_item: np.ndarray, regions: tuple[str, ...]) -> ItemResults:
+    y = items.labels
+    uncalibrated = sigmoid(items.log_odds(ItemAggregation.uncalibrated(regions)))
+    return ItemResults(
+        count=len(y),
+        accuracy=float(np.mean((p_item >= 0.5) == (y > 0.5))) if len(y) else None,
+        auc=_auc(y, p_item),
+        by_category=items_by_category(items, p_item),
+        calibration=calibration_check(uncalibrated, p_item, y),
+        confusion_at_half=confusion_at_half(p_item, y),
+    )
+
+
+def items_by_category(items: ItemScores, p_item: np.ndarray) -> dict[str, CategoryItems]:
+    y = items.labels
+    rows = {}
+    for category in sorted(set(items.categories)):
+        mask = np.array([c == category for c in items.categories])
+        rows[category] = CategoryItems(
+            items=int(mask.sum()),
+            accuracy=float(np.mean((p_item[mask] >= 0.5) == (y[mask] > 0.5))),
+            auc=_auc(y[mask], p_item[mask]),
+        )
+    return rows
+
+
+def confusion_at_half(p_item: np.ndarray, y: np.ndarray) -> dict[str, dict[str, int]]:
+    """Items by truth, then by what p = 0.5 calls them."""
     return {
-        "errors": errors,
-        "decided": n,
-        "rate": errors / n if n else None,
-        "ci95": [low, high],
+        truth: {
+            "authentic": int(((p_item >= 0.5) & is_truth).sum()),
+            "counterfeit": int(((p_item < 0.5) & is_truth).sum()),
+        }
+        for truth, is_truth in (("authentic", y > 0.5), ("counterfeit", y < 0.5))
     }
 
 
-def risk_coverage(p_item: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+def error_rate(errors: int, decided: int) -> ErrorRate:
+    low, high = clopper_pearson_interval(errors, decided)
+    return ErrorRate(errors, decided, errors / decided if decided else None, (low, high))
+
+
+def decisions(routes: np.ndarray, y: np.ndarray, policy: DecisionPolicy) -> Decisions:
+    auto_authentic, auto_counterfeit = routes == AUTO_AUTHENTIC, routes == AUTO_COUNTERFEIT
+    correct = (auto_authentic & (y > 0.5)) | (auto_counterfeit & (y < 0.5))
+    decided = int((auto_authentic | auto_counterfeit).sum())
+    return Decisions(
+        authentic_at=policy.thresholds.authentic_at,
+        counterfeit_at=policy.thresholds.counterfeit_at,
+        items=len(y),
+        coverage=decided / len(y) if len(y) else 0.0,
+        auto_authentic=int(auto_authentic.sum()),
+        auto_counterfeit=int(auto_counterfeit.sum()),
+        human=int((routes == HUMAN).sum()),
+        selective_accuracy=float(correct.sum() / decided) if decided else None,
+        false_authentic=error_rate(
+            int((auto_authentic & (y < 0.5)).sum()), int(auto_authentic.sum())
+        ),
+        false_counterfeit=error_rate(
+            int((auto_counterfeit & (y > 0.5)).sum()), int(auto_counterfeit.sum())
+        ),
+        targets=RateTargets(policy.targets.false_authentic, policy.targets.false_counterfeit),
+        confusion={
+            truth: {
+                route: int(((y > 0.5) == (truth == "authentic"))[routes == route].sum())
+                for route in (AUTO_AUTHENTIC, HUMAN, AUTO_COUNTERFEIT)
+            }
+            for truth in ("authentic", "counterfeit")
+        },
+    )
+
+
+def risk_coverage(p_item: np.ndarray, labels: np.ndarray) -> RiskCoverage:
     """Items taken most-confident first; risk = error rate of the 0.5 decision on those taken.
     AURC is the mean risk over all coverages (lower is better)."""
     if len(p_item) == 0:
-        return {"coverage": [], "risk": [], "aurc": float("nan")}
+        return RiskCoverage([], [], float("nan"))
     confidence = np.abs(p_item - 0.5)
     order = np.argsort(-confidence, kind="stable")
     wrong = ((p_item[order] >= 0.5) != (labels[order] > 0.5)).astype(float)
     taken = np.arange(1, len(order) + 1)
     risk = np.cumsum(wrong) / taken
-    return {
-        "coverage": (taken / len(order)).tolist(),
-        "risk": risk.tolist(),
-        "aurc": float(risk.mean()),
-    }
+    return RiskCoverage((taken / len(order)).tolist(), risk.tolist(), float(risk.mean()))
 
 
-def evaluate(scores: PhotoScores, policy: DecisionPolicy) -> dict[str, Any]:
-    """Everything a report shows about one scored split, as plain JSON-able values."""
-    labels = scores.labels
-    photo = photo_metrics(scores.log_odds, labels, scores.region_index, scores.regions)
-    p_photo_raw = sigmoid(scores.log_odds)
-    p_photo = photo_probability(scores.log_odds, policy.temperature)
-    categories = sorted({r.category or "unknown" for r in scores.records})
-    photo_by_category = {}
-    for category in categories:
-        mask = np.array([(r.category or "unknown") == category for r in scores.records])
-        photo_by_category[category] = {
-            "photos": int(mask.sum()),
-            "accuracy": float(np.mean((scores.log_odds[mask] > 0) == (labels[mask] > 0.5))),
-            "auc": _auc(labels[mask], scores.log_odds[mask]),
-        }
-
-    items = item_scores(scores)
-    raw = sigmoid(items.log_odds(ItemAggregation.uncalibrated(scores.regions)))
-    p_item = sigmoid(items.log_odds(policy.aggregation))
-    y = items.labels
-    item_by_category = {}
-    for category in sorted(set(items.categories)):
-        mask = np.array([c == category for c in items.categories])
-        item_by_category[category] = {
-            "items": int(mask.sum()),
-            "accuracy": float(np.mean((p_item[mask] >= 0.5) == (y[mask] > 0.5))),
-            "auc": _auc(y[mask], p_item[mask]),
-        }
-    routes = policy.thresholds.routes(p_item)
-    auto_authentic, auto_counterfeit = routes == AUTO_AUTHENTIC, routes == AUTO_COUNTERFEIT
-    decided = auto_authentic | auto_counterfeit
-    correct = (auto_authentic & (y > 0.5)) | (auto_counterfeit & (y < 0.5))
-    n_decided = int(decided.sum())
-    operating = {
-        "authentic_at": policy.thresholds.authentic_at,
-        "counterfeit_at": policy.thresholds.counterfeit_at,
-        "items": len(y),
-        "coverage": n_decided / len(y) if len(y) else 0.0,
-        "auto_authentic": int(auto_authentic.sum()),
-        "auto_counterfeit": int(auto_counterfeit.sum()),
-        "human": int((routes == HUMAN).sum()),
-        "selective_accuracy": float(correct.sum() / n_decided) if n_decided else None,
-        "false_authentic": _rate(
-            int((auto_authentic & (y < 0.5)).sum()), int(auto_authentic.sum())
-        ),
-        "false_counterfeit": _rate(
-            int((auto_counterfeit & (y > 0.5)).sum()), int(auto_counterfeit.sum())
-        ),
-        "targets": {
-            "false_authentic": policy.targets.false_authentic,
-            "false_counterfeit": policy.targets.false_counterfeit,
-        },
-    }
-    confusion = {
-        truth: {
-            route: int(((y > 0.5) == (truth == "authentic"))[routes == route].sum())
-            for route in (AUTO_AUTHENTIC, HUMAN, AUTO_COUNTERFEIT)
-        }
-        for truth in ("authentic", "counterfeit")
-    }
-    result: dict[str, Any] = {
-        "photo": {
-            **photo,
-            "by_category": photo_by_category,
-            "calibration_before": calibration_measures(p_photo_raw, labels),
-            "calibration_after": calibration_measures(p_photo, labels),
-            "reliability_before": reliability_bins(p_photo_raw, labels),
-            "reliability_after": reliability_bins(p_photo, labels),
-            "skipped": len(scores.skipped),
-        },
-        "item": {
-            "count": len(y),
-            "accuracy": float(np.mean((p_item >= 0.5) == (y > 0.5))) if len(y) else None,
-            "auc": _auc(y, p_item),
-            "by_category": item_by_category,
-            "calibration_before": calibration_measures(raw, y),
-            "calibration_after": calibration_measures(p_item, y),
-            "reliability_before": reliability_bins(raw, y),
-            "reliability_after": reliability_bins(p_item, y),
-            "confusion_at_0.5": {
-                "authentic": {
-                    "authentic": int(((p_item >= 0.5) & (y > 0.5)).sum()),
-                    "counterfeit": int(((p_item < 0.5) & (y > 0.5)).sum()),
-                },
-                "counterfeit": {
-                    "authentic": int(((p_item >= 0.5) & (y < 0.5)).sum()),
-                    "counterfeit": int(((p_item < 0.5) & (y < 0.5)).sum()),
-                },
-            },
-        },
-        "decisions": {**operating, "confusion": confusion},
-        "risk_coverage": risk_coverage(p_item, y),
-    }
-    result["counterfeits_by_cue_strength"] = _by_cue_strength(items, routes)
-    result["passed_counterfeits"] = [
-        {
-            "item_id": items.item_ids[i],
-            "p_authentic": float(p_item[i]),
-            "super_fake": bool(items.super_fake[i]),
-            "cue_strength": None
-            if np.isnan(items.cue_strength[i])
-            else float(items.cue_strength[i]),
-        }
-        for i in np.flatnonzero(auto_authentic & (y < 0.5))
-    ]
-    result["item_p_authentic"] = {"p": p_item.tolist(), "label": y.tolist()}
-    return result
-
-
-def _by_cue_strength(items: ItemScores, routes: np.ndarray) -> list[dict[str, Any]]:
+def by_cue_strength(items: ItemScores, routes: np.ndarray) -> list[CueStrengthRow]:
     """Synthetic data only: where counterfeits went, by the strength of their strongest cue."""
     fakes = np.flatnonzero((items.labels < 0.5) & ~np.isnan(items.cue_strength))
     if len(fakes) == 0:
         return []
-    edges = [0.0, 0.2, 0.4, 0.6, 0.8, 1.01]
     rows = []
-    for low, high in itertools.pairwise(edges):
+    for low, high in itertools.pairwise(CUE_STRENGTH_EDGES):
         chosen = [i for i in fakes if low <= items.cue_strength[i] < high]
         counts = Counter(routes[i] for i in chosen)
         rows.append(
-            {
-                "cue_strength": f"{low:.1f}-{min(high, 1.0):.1f}",
-                "counterfeits": len(chosen),
-                "super_fakes": int(sum(items.super_fake[i] for i in chosen)),
-                "passed_as_authentic": counts.get(AUTO_AUTHENTIC, 0),
-                "to_human": counts.get(HUMAN, 0),
-                "caught_alone": counts.get(AUTO_COUNTERFEIT, 0),
-            }
+            CueStrengthRow(
+                cue_strength=f"{low:.1f}-{min(high, 1.0):.1f}",
+                counterfeits=len(chosen),
+                super_fakes=int(sum(items.super_fake[i] for i in chosen)),
+                passed_as_authentic=counts.get(AUTO_AUTHENTIC, 0),
+                to_human=counts.get(HUMAN, 0),
+                caught_alone=counts.get(AUTO_COUNTERFEIT, 0),
+            )
         )
     return rows
 
 
-def policy_from_card(card: ModelCard) -> DecisionPolicy:
-    t = card.thresholds
-    return DecisionPolicy(
-        temperature=card.calibration.photo.temperature,
-        aggregation=card.aggregation(),
-        thresholds=t.to_thresholds(),
-        targets=Targets(
-            t.targets.false_authentic, t.targets.false_counterfeit, t.targets.confidence
-        ),
-        evidence=t.evidence,
-    )
+def passed_counterfeits(
+    items: ItemScores, p_item: np.ndarray, routes: np.ndarray
+) -> list[PassedCounterfeit]:
+    """The counterfeits decided authentic without a person: the errors that cost most."""
+    passed = (routes == AUTO_AUTHENTIC) & (items.labels < 0.5)
+    return [
+        PassedCounterfeit(
+            item_id=items.item_ids[i],
+            p_authentic=float(p_item[i]),
+            super_fake=bool(items.super_fake[i]),
+            cue_strength=None if np.isnan(items.cue_strength[i]) else float(items.cue_strength[i]),
+        )
+        for i in np.flatnonzero(passed)
+    ]

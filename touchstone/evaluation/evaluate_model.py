@@ -7,22 +7,23 @@ item rule, thresholds) is the card's, never refitted on the data being measured.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 
-from touchstone.data.manifest import ManifestError, load_manifest
-from touchstone.evaluation.evaluate import evaluate, policy_from_card
+from touchstone.data.manifest import Manifest, ManifestError, PhotoRecord, load_manifest
+from touchstone.evaluation.evaluate import evaluate
+from touchstone.evaluation.policy import policy_from_card
 from touchstone.evaluation.report import write_report
+from touchstone.evaluation.results import EvaluatedData, EvaluatedModel, Evaluation
 from touchstone.evaluation.scoring import score_records
 from touchstone.inference import OnnxModel
 
 
 @dataclass
 class EvaluationResult:
-    metrics: dict[str, Any]
+    metrics: Evaluation
     report: Path
     split: str
     photos: int
@@ -35,6 +36,31 @@ def evaluate_model_dir(
     console = console or Console()
     model = OnnxModel(model_dir)
     manifest = load_manifest(manifest_path)
+    known, unknown, split = _photos_to_score(manifest, manifest_path, split, model, console)
+    scores = score_records(
+        known,
+        model.predict,
+        model.preprocessing,
+        model.card.regions,
+        console=console,
+        description=f"scoring {split}",
+    )
+    policy = policy_from_card(model.card)
+    metrics = replace(
+        evaluate(scores, policy),
+        model=EvaluatedModel(model.card.name, model.card.version),
+        data=EvaluatedData(str(manifest_path), manifest.content_hash(), split, unknown),
+    )
+    title = f"{model.card.name} {model.card.version} on {manifest_path.name} ({split})"
+    report = write_report(metrics, policy, Path(out), title)["report"]
+    return EvaluationResult(metrics, report, split, len(known), unknown)
+
+
+def _photos_to_score(
+    manifest: Manifest, manifest_path: Path, split: str, model: OnnxModel, console: Console
+) -> tuple[list[PhotoRecord], int, str]:
+    """The labelled photos of `split` (all of them where the manifest has no splits) whose
+    region the model knows, how many were left out for their region, and the split's name."""
     labelled = [r for r in manifest.records if r.label is not None]
     if split == "all" or not any(r.split for r in labelled):
         if split != "all":
@@ -56,23 +82,4 @@ def evaluate_model_dir(
             f"{manifest_path}: no labelled photos of the model's regions "
             f"({', '.join(model.card.regions)}) in split {split!r}"
         )
-    scores = score_records(
-        known,
-        model.predict,
-        model.preprocessing,
-        model.card.regions,
-        console=console,
-        description=f"scoring {split}",
-    )
-    policy = policy_from_card(model.card)
-    metrics = evaluate(scores, policy)
-    metrics["model"] = {"name": model.card.name, "version": model.card.version}
-    metrics["data"] = {
-        "manifest": str(manifest_path),
-        "manifest_sha256": manifest.content_hash(),
-        "split": split,
-        "unknown_region_photos": unknown,
-    }
-    title = f"{model.card.name} {model.card.version} on {manifest_path.name} ({split})"
-    report = write_report(metrics, policy, Path(out), title)["report"]
-    return EvaluationResult(metrics, report, split, len(known), unknown)
+    return known, unknown, split

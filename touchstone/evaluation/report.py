@@ -12,11 +12,13 @@ matplotlib.use("Agg")  # no screen: render to files
 import matplotlib.pyplot as plt
 import numpy as np
 
-from touchstone.evaluation.evaluate import DecisionPolicy
+from touchstone.evaluation.calibration import CalibrationMeasures, ReliabilityBin
+from touchstone.evaluation.policy import DecisionPolicy
+from touchstone.evaluation.results import ErrorRate, Evaluation
 
 
 def write_report(
-    metrics: dict[str, Any], policy: DecisionPolicy, out: Path, title: str
+    metrics: Evaluation, policy: DecisionPolicy, out: Path, title: str
 ) -> dict[str, Path]:
     """Write everything; return the paths (metrics, report, plots) for MLflow to log."""
     out.mkdir(parents=True, exist_ok=True)
@@ -25,9 +27,8 @@ def write_report(
         "risk_coverage": _risk_coverage(metrics, out / "risk_coverage.png"),
         "decisions": _decisions(metrics, policy, out / "decisions.png"),
     }
-    saved = {k: v for k, v in metrics.items() if k != "item_p_authentic"}
     paths["metrics"] = out / "metrics.json"
-    paths["metrics"].write_text(json.dumps(saved, indent=2, default=_plain) + "\n")
+    paths["metrics"].write_text(json.dumps(metrics.to_json(), indent=2, default=_plain) + "\n")
     paths["report"] = out / "report.md"
     paths["report"].write_text(markdown(metrics, policy, title), encoding="utf-8")
     return paths
@@ -47,52 +48,61 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-def _rate_text(rate: dict[str, Any]) -> str:
-    if not rate["decided"]:
+def _rate_text(rate: ErrorRate) -> str:
+    if not rate.decided:
         return "- (none decided)"
-    low, high = rate["ci95"]
-    return f"{rate['rate']:.4f} ({rate['errors']}/{rate['decided']}; 95% CI {low:.4f}-{high:.4f})"
+    low, high = rate.ci95
+    return f"{rate.rate:.4f} ({rate.errors}/{rate.decided}; 95% CI {low:.4f}-{high:.4f})"
 
 
-def decision_table(metrics: dict[str, Any]) -> list[tuple[str, str]]:
-    """The rows that `make demo` prints and the README shows."""
-    d = metrics["decisions"]
+def decision_table(metrics: Evaluation) -> list[tuple[str, str]]:
+    """The rows that `make demo` prints and docs/evaluation.md shows."""
+    d, item, photo = metrics.decisions, metrics.item, metrics.photo.overall
     return [
-        ("items", str(d["items"])),
-        ("coverage (decided alone)", f"{d['coverage']:.3f}"),
-        ("selective accuracy", _fmt(d["selective_accuracy"])),
+        ("items", str(d.items)),
+        ("coverage (decided alone)", f"{d.coverage:.3f}"),
+        ("selective accuracy", _fmt(d.selective_accuracy)),
         (
             "auto authentic / human / auto counterfeit",
-            f"{d['auto_authentic']} / {d['human']} / {d['auto_counterfeit']}",
+            f"{d.auto_authentic} / {d.human} / {d.auto_counterfeit}",
         ),
         (
-            f"false-authentic rate (target {d['targets']['false_authentic']:.3%})",
-            _rate_text(d["false_authentic"]),
+            f"false-authentic rate (target {d.targets.false_authentic:.3%})",
+            _rate_text(d.false_authentic),
         ),
         (
-            f"false-counterfeit rate (target {d['targets']['false_counterfeit']:.1%})",
-            _rate_text(d["false_counterfeit"]),
+            f"false-counterfeit rate (target {d.targets.false_counterfeit:.1%})",
+            _rate_text(d.false_counterfeit),
         ),
-        (
-            "item accuracy / ROC-AUC at p=0.5",
-            f"{_fmt(metrics['item']['accuracy'])} / {_fmt(metrics['item']['auc'])}",
-        ),
-        (
-            "photo accuracy / ROC-AUC",
-            f"{_fmt(metrics['photo']['accuracy'])} / {_fmt(metrics['photo']['auc'])}",
-        ),
-        ("AURC (items)", _fmt(metrics["risk_coverage"]["aurc"], 4)),
+        ("item accuracy / ROC-AUC at p=0.5", f"{_fmt(item.accuracy)} / {_fmt(item.auc)}"),
+        ("photo accuracy / ROC-AUC", f"{_fmt(photo.accuracy)} / {_fmt(photo.auc)}"),
+        ("AURC (items)", _fmt(metrics.risk_coverage.aurc, 4)),
     ]
 
 
-def markdown(metrics: dict[str, Any], policy: DecisionPolicy, title: str) -> str:
-    photo, item, d = metrics["photo"], metrics["item"], metrics["decisions"]
-    lines = [f"# {title}", "", "## Decisions at the model's thresholds", ""]
+def markdown(metrics: Evaluation, policy: DecisionPolicy, title: str) -> str:
+    lines = [f"# {title}", ""]
+    lines += _decisions_section(metrics, policy)
+    lines += ["", "## Risk and coverage", "", "![risk-coverage](risk_coverage.png)", ""]
+    lines += _calibration_section(metrics, policy)
+    lines += _regions_section(metrics, policy)
+    lines += _categories_section(metrics)
+    if metrics.counterfeits_by_cue_strength:
+        lines += _cue_strength_section(metrics)
+    skipped = metrics.photo.skipped
+    if skipped:
+        lines += ["", f"{skipped} photo(s) could not be decoded and were left out."]
+    return "\n".join(lines) + "\n"
+
+
+def _decisions_section(metrics: Evaluation, policy: DecisionPolicy) -> list[str]:
+    d = metrics.decisions
+    lines = ["## Decisions at the model's thresholds", ""]
     lines += ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in decision_table(metrics)]
     lines += [
         "",
-        f"Thresholds: authentic at p >= {_fmt(d['authentic_at'], 4)}, counterfeit at "
-        f"p <= {_fmt(d['counterfeit_at'], 4)} (- : never decided alone on that side).",
+        f"Thresholds: authentic at p >= {_fmt(d.authentic_at, 4)}, counterfeit at "
+        f"p <= {_fmt(d.counterfeit_at, 4)} (- : never decided alone on that side).",
     ]
     for side in ("false_authentic", "false_counterfeit"):
         reason = policy.evidence.get(side, {}).get("reason")
@@ -105,40 +115,50 @@ def markdown(metrics: dict[str, Any], policy: DecisionPolicy, title: str) -> str
         "| truth \\ route | authentic | human | counterfeit |",
         "|---|---|---|---|",
     ]
-    for truth, row in d["confusion"].items():
+    for truth, row in d.confusion.items():
         lines.append(f"| {truth} | {row['authentic']} | {row['human']} | {row['counterfeit']} |")
-    lines += ["", "## Risk and coverage", "", "![risk-coverage](risk_coverage.png)", ""]
-    lines += ["## Calibration", "", "| level | ECE | NLL | Brier |", "|---|---|---|---|"]
-    for level, data in (("photo", photo), ("item", item)):
-        for when in ("before", "after"):
-            c = data[f"calibration_{when}"]
-            lines.append(
-                f"| {level}, {when} | {_fmt(c['ece'])} | {_fmt(c['nll'])} | {_fmt(c['brier'])} |"
-            )
+    return lines
+
+
+def _calibration_section(metrics: Evaluation, policy: DecisionPolicy) -> list[str]:
+    lines = ["## Calibration", "", "| level | ECE | NLL | Brier |", "|---|---|---|---|"]
+    for level, check in (("photo", metrics.photo.calibration), ("item", metrics.item.calibration)):
+        for when, c in (("before", check.before), ("after", check.after)):
+            lines.append(f"| {level}, {when} | {_fmt(c.ece)} | {_fmt(c.nll)} | {_fmt(c.brier)} |")
+    aggregation = policy.aggregation
+    weights = ", ".join(
+        f"{r} {w:.3f}" for r, w in zip(aggregation.regions, aggregation.weights, strict=True)
+    )
     lines += [
         "",
         f"Photo temperature {policy.temperature:.3f}; item rule: bias "
-        f"{policy.aggregation.bias:.3f}, region weights "
-        + ", ".join(
-            f"{r} {w:.3f}"
-            for r, w in zip(policy.aggregation.regions, policy.aggregation.weights, strict=True)
-        )
-        + " (before: every weight 1, no bias).",
+        f"{aggregation.bias:.3f}, region weights {weights} (before: every weight 1, no bias).",
         "",
         "![reliability](reliability.png)",
         "",
+    ]
+    return lines
+
+
+def _regions_section(metrics: Evaluation, policy: DecisionPolicy) -> list[str]:
+    lines = [
         "## Per region (photos)",
         "",
         "| region | photos | accuracy | ROC-AUC |",
         "|---|---|---|---|",
     ]
     for region in policy.aggregation.regions:
-        if f"{region}/count" in photo:
+        measures = metrics.photo.by_region.get(region)
+        if measures is not None:
             lines.append(
-                f"| {region} | {photo[f'{region}/count']:.0f} | "
-                f"{_fmt(photo[f'{region}/accuracy'])} | {_fmt(photo[f'{region}/auc'])} |"
+                f"| {region} | {measures.count:.0f} | "
+                f"{_fmt(measures.accuracy)} | {_fmt(measures.auc)} |"
             )
-    lines += [
+    return lines
+
+
+def _categories_section(metrics: Evaluation) -> list[str]:
+    lines = [
         "",
         "## Per category",
         "",
@@ -146,51 +166,44 @@ def markdown(metrics: dict[str, Any], policy: DecisionPolicy, title: str) -> str
         " items | item accuracy | item ROC-AUC |",
         "|---|---|---|---|---|---|---|",
     ]
-    for category, p in photo["by_category"].items():
-        i = item["by_category"].get(category, {})
+    for category, p in metrics.photo.by_category.items():
+        i = metrics.item.by_category.get(category)
+        items = f"{i.items} | {_fmt(i.accuracy)} | {_fmt(i.auc)}" if i else "0 | - | -"
+        lines.append(f"| {category} | {p.photos} | {_fmt(p.accuracy)} | {_fmt(p.auc)} | {items} |")
+    return lines
+
+
+def _cue_strength_section(metrics: Evaluation) -> list[str]:
+    lines = [
+        "",
+        "## Counterfeits by cue strength (synthetic data)",
+        "",
+        "| strongest cue | counterfeits | super-fakes | passed as authentic | to a person"
+        " | caught alone |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in metrics.counterfeits_by_cue_strength:
         lines.append(
-            f"| {category} | {p['photos']} | {_fmt(p['accuracy'])} | {_fmt(p['auc'])} | "
-            f"{i.get('items', 0)} | {_fmt(i.get('accuracy'))} | {_fmt(i.get('auc'))} |"
+            f"| {row.cue_strength} | {row.counterfeits} | {row.super_fakes} | "
+            f"{row.passed_as_authentic} | {row.to_human} | {row.caught_alone} |"
         )
-    if metrics.get("counterfeits_by_cue_strength"):
-        lines += [
-            "",
-            "## Counterfeits by cue strength (synthetic data)",
-            "",
-            "| strongest cue | counterfeits | super-fakes | passed as authentic | to a person"
-            " | caught alone |",
-            "|---|---|---|---|---|---|",
-        ]
-        for row in metrics["counterfeits_by_cue_strength"]:
-            lines.append(
-                f"| {row['cue_strength']} | {row['counterfeits']} | {row['super_fakes']} | "
-                f"{row['passed_as_authentic']} | {row['to_human']} | {row['caught_alone']} |"
-            )
-        passed = metrics["passed_counterfeits"]
-        lines += ["", f"Counterfeits passed as authentic: {len(passed)}."]
-        for row in passed[:20]:
-            lines.append(
-                f"- {row['item_id']}: p {row['p_authentic']:.4f}, super-fake "
-                f"{'yes' if row['super_fake'] else 'no'}, cue strength {_fmt(row['cue_strength'])}"
-            )
-    if photo.get("skipped"):
-        lines += ["", f"{photo['skipped']} photo(s) could not be decoded and were left out."]
-    return "\n".join(lines) + "\n"
+    passed = metrics.passed_counterfeits
+    lines += ["", f"Counterfeits passed as authentic: {len(passed)}."]
+    for c in passed[:20]:
+        lines.append(
+            f"- {c.item_id}: p {c.p_authentic:.4f}, super-fake "
+            f"{'yes' if c.super_fake else 'no'}, cue strength {_fmt(c.cue_strength)}"
+        )
+    return lines
 
 
-def _reliability(metrics: dict[str, Any], out: Path) -> Path:
+def _reliability(metrics: Evaluation, out: Path) -> Path:
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for axis, level in zip(axes, ("photo", "item"), strict=True):
+    levels = (("photo", metrics.photo.calibration), ("item", metrics.item.calibration))
+    for axis, (level, check) in zip(axes, levels, strict=True):
         axis.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect")
-        for when, marker in (("before", "o"), ("after", "s")):
-            bins = metrics[level][f"reliability_{when}"]
-            ece = metrics[level][f"calibration_{when}"]["ece"]
-            axis.plot(
-                [b["predicted"] for b in bins],
-                [b["observed"] for b in bins],
-                marker=marker,
-                label=f"{when} calibration (ECE {ece:.3f})",
-            )
+        _reliability_curve(axis, "before", "o", check.reliability_before, check.before)
+        _reliability_curve(axis, "after", "s", check.reliability_after, check.after)
         axis.set(
             xlabel="predicted p(authentic)",
             ylabel="observed share authentic",
@@ -205,15 +218,25 @@ def _reliability(metrics: dict[str, Any], out: Path) -> Path:
     return out
 
 
-def _risk_coverage(metrics: dict[str, Any], out: Path) -> Path:
-    curve = metrics["risk_coverage"]
-    d = metrics["decisions"]
+def _reliability_curve(
+    axis: Any, when: str, marker: str, bins: list[ReliabilityBin], measures: CalibrationMeasures
+) -> None:
+    axis.plot(
+        [b.predicted for b in bins],
+        [b.observed for b in bins],
+        marker=marker,
+        label=f"{when} calibration (ECE {measures.ece:.3f})",
+    )
+
+
+def _risk_coverage(metrics: Evaluation, out: Path) -> Path:
+    curve, d = metrics.risk_coverage, metrics.decisions
     figure, axis = plt.subplots(figsize=(5.5, 4))
-    axis.plot(curve["coverage"], curve["risk"], label=f"AURC {curve['aurc']:.4f}")
-    if d["selective_accuracy"] is not None:
+    axis.plot(curve.coverage, curve.risk, label=f"AURC {curve.aurc:.4f}")
+    if d.selective_accuracy is not None:
         axis.scatter(
-            [d["coverage"]],
-            [1 - d["selective_accuracy"]],
+            [d.coverage],
+            [1 - d.selective_accuracy],
             color="red",
             zorder=3,
             label="at the model's thresholds",
@@ -227,9 +250,8 @@ def _risk_coverage(metrics: dict[str, Any], out: Path) -> Path:
     return out
 
 
-def _decisions(metrics: dict[str, Any], policy: DecisionPolicy, out: Path) -> Path:
-    p = np.asarray(metrics["item_p_authentic"]["p"])
-    y = np.asarray(metrics["item_p_authentic"]["label"])
+def _decisions(metrics: Evaluation, policy: DecisionPolicy, out: Path) -> Path:
+    p, y = metrics.item_p_authentic.p, metrics.item_p_authentic.labels
     figure, axis = plt.subplots(figsize=(6.5, 3.8))
     bins = np.linspace(0, 1, 41)
     axis.hist(p[y > 0.5], bins=bins, alpha=0.6, label="authentic items")

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from touchstone.data.manifest import PhotoRecord
+from touchstone.decision import ItemAggregation
 from touchstone.imaging import PhotoError, Preprocessing, crop_to_bbox, decode_photo, to_model_input
 
 # (B, 3, H, W) normalised pixels -> (B, regions) log-odds of authentic.
@@ -39,6 +40,42 @@ class PhotoScores:
     def region_index(self) -> np.ndarray:
         index = {name: i for i, name in enumerate(self.regions)}
         return np.array([index[r.region] for r in self.records], dtype=int)
+
+
+@dataclass
+class ItemScores:
+    """The photo scores grouped by item: what the item rule is fitted on and decides with."""
+
+    item_ids: list[str]
+    labels: np.ndarray  # 1 authentic, 0 counterfeit
+    categories: list[str]
+    means: np.ndarray  # (items, regions) mean photo log-odds, 0 where absent
+    present: np.ndarray  # (items, regions) bool
+    super_fake: np.ndarray  # bool; False when the data does not say
+    cue_strength: np.ndarray  # strongest counterfeit cue of the item; nan when unknown
+
+    def log_odds(self, aggregation: ItemAggregation) -> np.ndarray:
+        return aggregation.item_log_odds_from_features(self.means)
+
+
+def item_scores(scores: PhotoScores) -> ItemScores:
+    ids = sorted({r.item_id for r in scores.records})
+    index = {item: i for i, item in enumerate(ids)}
+    item_index = np.array([index[r.item_id] for r in scores.records], dtype=int)
+    means, present = ItemAggregation.uncalibrated(scores.regions).region_features(
+        item_index, scores.region_index, scores.log_odds, len(ids)
+    )
+    labels = np.zeros(len(ids))
+    categories = ["unknown"] * len(ids)
+    super_fake = np.zeros(len(ids), bool)
+    strength = np.full(len(ids), np.nan)
+    for record, i in zip(scores.records, item_index, strict=True):
+        labels[i] = 1.0 if record.label == "authentic" else 0.0
+        categories[i] = record.category or "unknown"
+        super_fake[i] |= record.extra.get("super_fake") == "1"
+        if record.extra.get("cue_strength"):
+            strength[i] = np.fmax(strength[i], float(record.extra["cue_strength"]))
+    return ItemScores(ids, labels, categories, means, present, super_fake, strength)
 
 
 def prepare_photo(record: PhotoRecord, prep: Preprocessing) -> np.ndarray | None:
