@@ -76,6 +76,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import sessionmaker
 
 from serving.auth import Caller, create_key
+from serving.benefits.config import BenefitsConfig
+from serving.benefits.ledger import Ledger
 from serving.db import (
     ApiKey,
     Appraisal,
@@ -89,11 +91,11 @@ from serving.db import (
     upgrade,
     utcnow,
 )
-from serving.policy.config import load_policy
+from serving.lifecycle import standard_lifecycle
 from serving.policy.routing import sla_due
 from serving.review.service import ReviewService
 from serving.review.tasks import VerdictIn, tasks_for
-from serving.settings import ServiceSettings
+from serving.settings import Settings
 
 TOUCHSTONE = str(Path(sys.executable).parent / "touchstone")
 CONCURRENCY = (1, 8, 32)
@@ -208,7 +210,7 @@ def new_keys(sessions: sessionmaker, role: str, count: int) -> list[tuple[str, i
 
 def fill_direct(sessions: sessionmaker, count: int, seed: int = 7) -> None:
     """`count` appraisals routed to one reviewer each, with their tasks, in one transaction."""
-    policy = load_policy(ServiceSettings().policy_path())
+    policy = Settings().policy_config
     rng = random.Random(seed)
     now = utcnow()
     with sessions() as session, session.begin():
@@ -260,7 +262,7 @@ def photos() -> list[tuple[str, tuple[str, bytes, str]]]:
 def fill_upload(url: str, key: str, count: int) -> float:
     """Upload `count` items through the API (8 threads); seconds taken."""
     parts = photos()
-    tiers = load_policy(ServiceSettings().policy_path()).tiers
+    tiers = Settings().policy_config.tiers
 
     def upload(worker: int) -> None:
         with httpx.Client(base_url=url, headers=bearer(key), timeout=120) as http:
@@ -356,7 +358,9 @@ def in_process_row(url: str, database: str, reviewers: int, tasks: int) -> Row:
         sessions = make_sessionmaker(engine)
         fill_direct(sessions, tasks)
         keys = new_keys(sessions, "reviewer", reviewers)
-        service = ReviewService(sessions, LEASE_SECONDS)
+        service = ReviewService(
+            sessions, standard_lifecycle(Ledger(BenefitsConfig())), LEASE_SECONDS
+        )
         opened = [0]
         event.listen(engine, "connect", lambda *_: opened.__setitem__(0, opened[0] + 1))
         # Warm the pool as far as it keeps connections, so the loop does not pay for them.

@@ -78,7 +78,7 @@ from rich.table import Table
 from serving.photos import PhotoStore
 from serving.policy.config import load_policy
 from serving.policy.photo_quality import assess_photo
-from serving.settings import ServiceSettings
+from serving.settings import Settings
 from touchstone.data.manifest import load_manifest
 from touchstone.imaging import decode_photo, to_model_input
 from touchstone.inference import OnnxModel, default_threads
@@ -126,7 +126,7 @@ def choose_items(model: OnnxModel, count: int) -> list[Item]:
     by_item = defaultdict(list)
     for record in test:
         by_item[record.item_id].append(record)
-    policy = load_policy(ServiceSettings().policy_path())
+    policy = Settings().policy_config
     items = []
     for photos in by_item.values():
         if not 3 <= len(photos) <= 6 or any(r.region not in model.region_index for r in photos):

@@ -11,6 +11,9 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+
+from cli.serve import settings_or_exit
 
 app = typer.Typer(help="Certificates: the tamper-evident hash chain.", no_args_is_help=True)
 console = Console()
@@ -21,7 +24,7 @@ DATA_DIR = typer.Option(
 
 
 def _fail(message: str) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}")
+    console.print(f"[bold red]error:[/] {escape(message)}")
     return typer.Exit(2)
 
 
@@ -30,10 +33,9 @@ def _sessions(data_dir: Path):  # -> tuple[Engine, sessionmaker]
         from sqlalchemy import inspect
 
         from serving.db import make_engine, make_sessionmaker
-        from serving.settings import ServiceSettings
     except ImportError as exc:
         raise _fail(f"this needs the serving extras: pip install '.[serve]' ({exc})") from exc
-    settings = ServiceSettings.from_env(data_dir=data_dir)
+    settings = settings_or_exit(data_dir=data_dir)
     if settings.database_url is None and not (data_dir / "touchstone.db").exists():
         raise _fail(f"no database in {data_dir} (touchstone.db); is --data-dir the service's?")
     engine = make_engine(settings.resolved_database_url())

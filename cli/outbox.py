@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cli.serve import settings_or_exit
+
 console = Console()
 app = typer.Typer(
     help="Events to the membership platform: deliver, status, retry dead letters.",
@@ -18,14 +20,15 @@ app = typer.Typer(
 
 DATA_DIR = typer.Option(Path("data"), help="the SQLite database (unless TOUCHSTONE_DATABASE_URL)")
 CONFIG = typer.Option(
-    None, help="webhooks and delivery settings [configs/webhooks.yaml; TOUCHSTONE_WEBHOOKS]"
+    None,
+    help="webhooks and delivery settings (default: configs/webhooks.yaml; TOUCHSTONE_WEBHOOKS)",
 )
 
 
 def _sessions(data_dir: Path):  # -> tuple[Engine, sessionmaker]
     from serving.settings import open_database
 
-    return open_database(data_dir)
+    return open_database(settings_or_exit(data_dir=data_dir))
 
 
 @app.command("deliver")
@@ -36,12 +39,11 @@ def deliver(
     config: Path | None = CONFIG,
 ) -> None:
     """POST due events to the webhooks (signed; retried with backoff; dead after N tries)."""
-    from serving.outbox.config import load_config
     from serving.outbox.delivery import deliver_with
 
-    settings = load_config(config)
+    settings = settings_or_exit(data_dir=data_dir, webhooks_file=config).outbox_config
     if interval is not None:
-        settings.interval_seconds = interval
+        settings = settings.model_copy(update={"interval_seconds": interval})
     if not settings.webhooks:
         console.print(
             "[bold red]error:[/] no webhooks configured (configs/webhooks.yaml or "

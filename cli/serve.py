@@ -1,4 +1,7 @@
-"""`touchstone serve` and `touchstone admin`: thin clients of `serving` (never torch)."""
+"""`touchstone serve` and `touchstone admin`: thin clients of `serving` (never torch).
+
+An option left out falls back to its `TOUCHSTONE_<NAME>` environment variable, then to the
+default shown in each option's help (`serving/settings.py` holds them all)."""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 console = Console()
 admin_app = typer.Typer(help="Administration: API keys.", no_args_is_help=True)
@@ -15,25 +19,36 @@ def serve(
     model: str | None = typer.Option(None, help="model directory or models:/NAME@ALIAS"),
     host: str = typer.Option("127.0.0.1"),
     port: int = typer.Option(8000),
-    data_dir: Path = typer.Option(Path("data"), help="photos, and the SQLite database"),
-    policy: Path | None = typer.Option(None, help="routing policy YAML [configs/policy.yaml]"),
-    max_batch: int = typer.Option(16, help="photos per model batch"),
-    max_wait_ms: float = typer.Option(5.0, help="longest wait to fill a batch"),
-    batching: bool = typer.Option(True, help="--no-batching runs each photo alone"),
-    max_queue: int = typer.Option(256, help="photos waiting for the model before 503"),
-    max_request_mb: float = typer.Option(64.0, help="largest request body"),
-    max_photo_mb: float = typer.Option(16.0, help="largest photo"),
-    threads: int | None = typer.Option(None, help="ONNX Runtime threads [all cores]"),
-    review_lease_seconds: float = typer.Option(600.0, help="a review claim without heartbeat"),
-    sla_sweep_seconds: float = typer.Option(30.0, help="how often overdue reviews are flagged"),
+    data_dir: Path | None = typer.Option(
+        None, help="photos, and the SQLite database (default: data)"
+    ),
+    policy: Path | None = typer.Option(
+        None, help="routing policy YAML (default: configs/policy.yaml)"
+    ),
+    max_batch: int | None = typer.Option(None, help="photos per model batch (default: 16)"),
+    max_wait_ms: float | None = typer.Option(
+        None, help="longest wait to fill a batch (default: 5)"
+    ),
+    batching: bool | None = typer.Option(None, help="--no-batching runs each photo alone"),
+    max_queue: int | None = typer.Option(
+        None, help="photos waiting for the model before 503 (default: 256)"
+    ),
+    max_request_mb: float | None = typer.Option(None, help="largest request body (default: 64)"),
+    max_photo_mb: float | None = typer.Option(None, help="largest photo (default: 16)"),
+    threads: int | None = typer.Option(None, help="ONNX Runtime threads (default: all cores)"),
+    review_lease_seconds: float | None = typer.Option(
+        None, help="a review claim without heartbeat (default: 600)"
+    ),
+    sla_sweep_seconds: float | None = typer.Option(
+        None, help="how often overdue reviews are flagged (default: 30)"
+    ),
 ) -> None:
     """Run the appraisal API (TOUCHSTONE_DATABASE_URL picks the database)."""
     import uvicorn
 
     from serving.app import create_app
-    from serving.settings import ServiceSettings
 
-    settings = ServiceSettings.from_env(
+    settings = settings_or_exit(
         model=model,
         data_dir=data_dir,
         policy=policy,
@@ -41,13 +56,29 @@ def serve(
         max_wait_ms=max_wait_ms,
         batching=batching,
         max_queue=max_queue,
-        max_request_bytes=int(max_request_mb * 2**20),
-        max_photo_bytes=int(max_photo_mb * 2**20),
+        max_request_bytes=_bytes(max_request_mb),
+        max_photo_bytes=_bytes(max_photo_mb),
         threads=threads,
         review_lease_seconds=review_lease_seconds,
         sla_sweep_seconds=sla_sweep_seconds,
     )
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+
+
+def _bytes(megabytes: float | None) -> int | None:
+    return None if megabytes is None else int(megabytes * 2**20)
+
+
+def settings_or_exit(**options: object):  # -> serving.settings.Settings
+    """The service's settings from these options and the environment; a clear error and exit
+    code 2 when they cannot be used."""
+    from serving.settings import SettingsError, load_settings
+
+    try:
+        return load_settings(**options)
+    except SettingsError as exc:
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(2) from exc
 
 
 @admin_app.command("create-key")
@@ -64,7 +95,7 @@ def create_key(
     if role not in ROLES:
         console.print(f"[bold red]error:[/] unknown role {role!r}; roles: {', '.join(ROLES)}")
         raise typer.Exit(2)
-    engine, sessions = open_database(data_dir)
+    engine, sessions = open_database(settings_or_exit(data_dir=data_dir))
     with sessions() as session:
         key = new_key(session, role, label)
     engine.dispose()

@@ -15,24 +15,28 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy.engine import Engine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-# Imported for their lifecycle listeners: payments and rewards (benefits), events (outbox,
-# below), certificates (through its router).
-from serving import benefits
 from serving.appraisals.service import AppraisalService
+from serving.benefits.ledger import Ledger
+from serving.benefits.service import BenefitsService
 from serving.db import make_engine, make_sessionmaker, upgrade
+from serving.deps import Services, services_of
 from serving.errors import error_body, install_handlers
+from serving.lifecycle import standard_lifecycle
 from serving.metrics import ServiceMetrics
 from serving.outbox.delivery import run_deliverer
 from serving.photos import PhotoStore
-from serving.policy.config import load_policy
 from serving.review.service import ReviewService
 from serving.routers import appraisals, certificates, erasure, members, review, system
 from serving.runtime import ModelManager
-from serving.settings import ServiceSettings
+from serving.settings import Settings
 from serving.web import routes as web
-from touchstone.vocabulary import DEFAULT_REGIONS
+from serving.web import task_routes as web_tasks
+from serving.web.heatmap import HeatmapCache
+from serving.web.pages import static_files
+from serving.web.session import load_secret, make_signer
 
 log = logging.getLogger("touchstone.serving")
 POINTS_EXPIRY_SECONDS = 3600.0
@@ -86,41 +90,63 @@ async def _nothing() -> Message:
     return {"type": "http.disconnect"}
 
 
-def create_app(settings: ServiceSettings) -> FastAPI:
+def build_services(settings: Settings, engine: Engine) -> Services:
+    """Every part of the running service, each built once from the settings."""
+    sessions = make_sessionmaker(engine)
+    metrics = ServiceMetrics()
+    models = ModelManager(settings, metrics)
+    store = PhotoStore(settings.data_dir / "photos", settings.photo_key_bytes())
+    ledger = Ledger(settings.benefits_config)
+    lifecycle = standard_lifecycle(ledger)
+    secret = settings.web_secret
+    signer = make_signer(
+        secret.get_secret_value().encode() if secret else load_secret(settings.data_dir)
+    )
+    return Services(
+        settings=settings,
+        sessions=sessions,
+        metrics=metrics,
+        models=models,
+        store=store,
+        lifecycle=lifecycle,
+        appraisals=AppraisalService(
+            sessions,
+            store,
+            settings.policy_config,
+            models,
+            metrics,
+            lifecycle,
+            settings.max_pixels,
+        ),
+        reviews=ReviewService(
+            sessions, lifecycle, settings.review_lease_seconds, settings.blind_scores
+        ),
+        benefits=BenefitsService(sessions, ledger),
+        signer=signer,
+        heatmaps=HeatmapCache(),
+    )
+
+
+def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         engine = make_engine(settings.resolved_database_url())
         await asyncio.to_thread(upgrade, engine)
-        metrics = ServiceMetrics()
-        models = ModelManager(settings, metrics)
-        app.state.settings = settings
-        app.state.metrics = metrics
-        app.state.models = models
-        app.state.sessions = make_sessionmaker(engine)
-        app.state.appraisals = AppraisalService(
-            app.state.sessions,
-            PhotoStore.from_env(settings.data_dir / "photos"),
-            load_policy(settings.policy_path()),
-            models,
-            metrics,
-            settings.max_pixels,
-        )
-        app.state.review = ReviewService(
-            app.state.sessions, settings.review_lease_seconds, settings.blind_scores
-        )
+        services = build_services(settings, engine)
+        app.state.services = services
         tasks = [
-            asyncio.create_task(_watch_sla(app.state.review, metrics, settings)),
-            asyncio.create_task(run_deliverer(app.state.sessions, settings)),
+            asyncio.create_task(_watch_sla(services)),
+            asyncio.create_task(run_deliverer(services.sessions, settings.outbox_config)),
         ]
         if settings.model:
-            tasks.append(asyncio.create_task(_load(models, settings.model)))
+            tasks.append(asyncio.create_task(_load(services.models, settings.model)))
         try:
             yield
         finally:
             for task in tasks:
                 task.cancel()
-            await models.close()
+            await services.models.close()
             engine.dispose()
 
     app = FastAPI(
@@ -130,20 +156,11 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         lifespan=lifespan,
     )
     install_handlers(app)
-    app.include_router(appraisals.router)
-    app.include_router(review.router)
-    app.include_router(system.router)
-    app.include_router(certificates.router)
-    app.include_router(erasure.router)
-    app.include_router(members.router)
+    for router in (appraisals, review, system, certificates, erasure, members):
+        app.include_router(router.router)
     app.include_router(web.router)
-    app.mount("/review/static", web.static_files(), name="review_static")
-
-    def regions() -> tuple[str, ...]:
-        runtime = app.state.models.current
-        return runtime.card.regions if runtime else DEFAULT_REGIONS
-
-    app.state.regions = regions
+    app.include_router(web_tasks.router)
+    app.mount("/review/static", static_files(), name="review_static")
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next):  # type: ignore[no-untyped-def]
@@ -151,7 +168,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         response = await call_next(request)
         route = request.scope.get("route")
         path = getattr(route, "path", "unmatched")
-        metrics = request.app.state.metrics
+        metrics = services_of(request).metrics
         metrics.requests.labels(request.method, path, str(response.status_code)).inc()
         metrics.latency.labels(request.method, path).observe(time.perf_counter() - start)
         return response
@@ -170,24 +187,24 @@ async def _load(models: ModelManager, source: str) -> None:
         log.exception("could not load the model %s", source)
 
 
-async def _watch_sla(
-    reviews: ReviewService, metrics: ServiceMetrics, settings: ServiceSettings
-) -> None:
+async def _watch_sla(services: Services) -> None:
     """Flag review tasks past their SLA (an `sla_breached` event each), keep the queue
     gauges current, and post due point expiries and their reminders."""
+    reviews, metrics = services.reviews, services.metrics
     last_expiry = -float("inf")
     while True:
         try:
             breached, stale = await asyncio.to_thread(reviews.flag_sla_breaches)
             if time.monotonic() - last_expiry > POINTS_EXPIRY_SECONDS:
                 # Walks every member: hourly is plenty for expiries counted in days.
-                await asyncio.to_thread(benefits.expire_points, reviews.sessions)
+                await asyncio.to_thread(services.benefits.expire_points)
                 last_expiry = time.monotonic()
             metrics.sla_breaches.inc(breached)
             metrics.stale_tasks.set(stale)
-            for state, count in (await asyncio.to_thread(reviews.queue)).items():
+            counts = await asyncio.to_thread(reviews.queue)
+            for state, count in counts.model_dump().items():
                 metrics.review_queue.labels(state).set(count)
-            numbers = await asyncio.to_thread(reviews.quality)
+            numbers = (await asyncio.to_thread(reviews.quality)).model_dump()
             for measure in (
                 "gold_accuracy",
                 "double_review_kappa",
@@ -202,4 +219,4 @@ async def _watch_sla(
             raise
         except Exception:
             log.exception("the SLA sweep failed; it runs again")
-        await asyncio.sleep(settings.sla_sweep_seconds)
+        await asyncio.sleep(services.settings.sla_sweep_seconds)

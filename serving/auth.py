@@ -7,10 +7,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from fastapi import Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -59,18 +57,3 @@ def authenticate(session: Session, header: str | None) -> Caller:
     ):
         raise ApiError(401, "unauthenticated", "unknown or revoked API key")
     return Caller(key.id, key.role)
-
-
-def require(*roles: str) -> Callable[[Request], Caller]:
-    """A dependency: the caller, if their key has one of `roles`."""
-
-    def dependency(request: Request) -> Caller:
-        with request.app.state.sessions() as session:
-            caller = authenticate(session, request.headers.get("authorization"))
-        if caller.role not in roles:
-            raise ApiError(
-                403, "forbidden", f"role {caller.role!r} may not do this (needs {', '.join(roles)})"
-            )
-        return caller
-
-    return dependency

@@ -1,9 +1,10 @@
 """Certificates: each finalized appraisal gets one, a link in a hash chain.
 
-A listener on `appraisal.finalized` issues the certificate in the transaction of the verdict, so
-the verdict and its certificate commit together or not at all. Gold items get none. An appraisal
-finalized again (a person overturning the model, say) gets a new certificate whose body names the
-one it supersedes; the old one stays in the chain (nothing in the chain is ever edited).
+A listener on `appraisal.finalized` (added by `serving.lifecycle`) issues the certificate in the
+transaction of the verdict, so the verdict and its certificate commit together or not at all.
+Gold items get none. An appraisal finalized again (a person overturning the model, say) gets a
+new certificate whose body names the one it supersedes; the old one stays in the chain (nothing
+in the chain is ever edited).
 
 The body holds the item and appraisal ids, category and brand, the photo hashes (sha256 of the
 clean stored bytes, per region and round), the model's name, version and scores, each reviewer's
@@ -39,8 +40,8 @@ from typing import Any
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from serving import lifecycle
-from serving.db import Appraisal, Certificate, Photo, ReviewTask, Verdict, as_utc, utcnow
+from serving.db import Appraisal, Certificate, Photo, ReviewTask, Verdict, iso_utc, utcnow
+from serving.schemas.certificates import CertificateView
 
 GENESIS = "0" * 64
 VERSION = 1
@@ -66,13 +67,6 @@ def link_hash(seq: int, code: str, body: dict[str, Any], prev_hash: str) -> str:
 
 def new_code() -> str:
     return "".join(secrets.choice(_CODE_ALPHABET) for _ in range(CODE_LENGTH))
-
-
-def _iso(value: dt.datetime | None) -> str | None:
-    if value is None:
-        return None
-    value = as_utc(value)
-    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 def body_for(session: Session, appraisal: Appraisal, issued_at: dt.datetime) -> dict[str, Any]:
@@ -120,16 +114,16 @@ def body_for(session: Session, appraisal: Appraisal, issued_at: dt.datetime) -> 
                 "reviewer": v.reviewer,
                 "stage": stage,
                 "outcome": v.outcome,
-                "at": _iso(v.created_at),
+                "at": iso_utc(v.created_at),
             }
             for v, stage in verdicts
         ],
         "outcome": appraisal.outcome,
         "path": appraisal.path,
         "rule": appraisal.rule,
-        "submitted_at": _iso(appraisal.created_at),
-        "finalized_at": _iso(appraisal.finalized_at),
-        "issued_at": _iso(issued_at),
+        "submitted_at": iso_utc(appraisal.created_at),
+        "finalized_at": iso_utc(appraisal.finalized_at),
+        "issued_at": iso_utc(issued_at),
         "supersedes": previous.code if previous is not None else None,
     }
 
@@ -165,15 +159,15 @@ def issue(session: Session, appraisal: Appraisal) -> Certificate | None:
     return certificate
 
 
-@lifecycle.on("appraisal.finalized")
-def _on_finalized(session: Session, appraisal: Appraisal, _: dict[str, Any]) -> None:
+def issue_on_finalized(session: Session, appraisal: Appraisal, _: dict[str, Any]) -> None:
+    """The `appraisal.finalized` listener."""
     issue(session, appraisal)
 
 
 # -- reading and checking ---------------------------------------------------------------------
 
 
-def public_view(session: Session, code: str) -> dict[str, Any] | None:
+def public_view(session: Session, code: str) -> CertificateView | None:
     """What anyone holding the code may see: the certificate, its link, and whether a later
     certificate of the same appraisal supersedes it. No member id (the body has none)."""
     certificate = session.scalar(select(Certificate).where(Certificate.code == code))
@@ -191,18 +185,16 @@ def public_view(session: Session, code: str) -> dict[str, Any] | None:
     intact = certificate.hash == link_hash(
         certificate.seq, certificate.code, certificate.body, certificate.prev_hash
     )
-    return {
-        "seq": certificate.seq,
-        "code": certificate.code,
-        "body": certificate.body,
-        "prev_hash": certificate.prev_hash,
-        "hash": certificate.hash,
-        "created_at": _iso(certificate.created_at),
-        "hash_matches": intact,
-        "superseded_by": later,
-        "canonical_form": "sha256 of JSON {seq, code, body, prev_hash}, keys sorted, "
-        "separators (',', ':'), UTF-8",
-    }
+    return CertificateView(
+        seq=certificate.seq,
+        code=certificate.code,
+        body=certificate.body,
+        prev_hash=certificate.prev_hash,
+        hash=certificate.hash,
+        created_at=iso_utc(certificate.created_at),
+        hash_matches=intact,
+        superseded_by=later,
+    )
 
 
 @dataclass(frozen=True)
@@ -247,7 +239,7 @@ class Verification:
 def links_from_db(session: Session, batch: int = 1000) -> Iterator[Link]:
     query = select(Certificate).order_by(Certificate.seq).execution_options(yield_per=batch)
     for c in session.scalars(query):
-        yield Link(c.seq, c.code, c.body, c.prev_hash, c.hash, _iso(c.created_at))
+        yield Link(c.seq, c.code, c.body, c.prev_hash, c.hash, iso_utc(c.created_at))
 
 
 def links_from_jsonl(lines: Iterable[str]) -> Iterator[Link]:
@@ -313,4 +305,4 @@ def head_of(session: Session) -> dict[str, Any] | None:
     c = session.scalar(select(Certificate).order_by(Certificate.seq.desc()).limit(1))
     if c is None:
         return None
-    return {"seq": c.seq, "code": c.code, "hash": c.hash, "created_at": _iso(c.created_at)}
+    return {"seq": c.seq, "code": c.code, "hash": c.hash, "created_at": iso_utc(c.created_at)}

@@ -47,6 +47,14 @@ def as_utc(value: dt.datetime | None) -> dt.datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
+def iso_utc(value: dt.datetime | None) -> str | None:
+    """A timestamp as the API, events, certificates and exports write it: ISO 8601 in UTC with
+    a `Z` (certificates hash this form, so it must never change)."""
+    if value is None:
+        return None
+    return as_utc(value).astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
 class Base(DeclarativeBase):
     type_annotation_map: ClassVar[dict[Any, Any]] = {
         dt.datetime: DateTime(timezone=True),

@@ -16,29 +16,14 @@ Safe to repeat: a second call changes nothing more and answers the same counts.
 
 from __future__ import annotations
 
-import datetime as dt
-from dataclasses import asdict, dataclass
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from serving.db import Appraisal, AuditEntry, ErasedMember, Photo, Verdict, as_utc, utcnow
+from serving.db import Appraisal, AuditEntry, ErasedMember, Photo, Verdict, iso_utc, utcnow
 from serving.photos import PhotoStore
-
-
-@dataclass(frozen=True)
-class ErasureResult:
-    member_id: str
-    erased_at: str
-    appraisals: int  # the member's appraisals, kept in outline
-    photos: int  # photo rows stripped of derived data
-    photo_files_erased: int  # content addresses only this member held: gone from the store
-    photo_files_shared: int  # content addresses another member's appraisal also holds: kept
-    verdicts: int  # verdicts stripped of notes and findings
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+from serving.schemas.erasure import ErasureResult
 
 
 def erase_member(
@@ -70,7 +55,7 @@ def erase_member(
             session.add(erased)
         result = ErasureResult(
             member_id=member_id,
-            erased_at=_iso(erased.erased_at),
+            erased_at=iso_utc(erased.erased_at),
             appraisals=len(ids),
             photos=len(photos),
             photo_files_erased=len(addresses) - len(shared),
@@ -82,7 +67,7 @@ def erase_member(
                 actor=actor,
                 action="erase_member",
                 appraisal_id=None,
-                detail={**result.as_dict(), "first_time": first_time},
+                detail={**result.model_dump(), "first_time": first_time},
             )
         )
     # After the commit: the member is already out of every export, so a crash here leaves
@@ -117,7 +102,3 @@ def _shared(session: Session, addresses: list[str], member_id: str) -> set[str]:
         )
         shared.update(session.scalars(query))
     return shared
-
-
-def _iso(value: dt.datetime) -> str:
-    return as_utc(value).astimezone(dt.UTC).isoformat().replace("+00:00", "Z")

@@ -1,6 +1,6 @@
 """Every error the API answers is JSON with a stable `code` and a human `message`.
 
-Codes (and their HTTP status) are listed in the README; clients branch on `code`, never on the
+Codes (and their HTTP status) are listed in docs/api.md; clients branch on `code`, never on the
 message. Nothing a client sends may produce a 5xx: an unexpected exception is still answered
 as JSON (`internal_error`) and logged.
 """

@@ -35,7 +35,7 @@ from typing import Any
 from sqlalchemy import column, distinct, func, inspect, literal_column, select, table
 from sqlalchemy.orm import Session, sessionmaker
 
-from serving.db import Appraisal, Photo, Verdict, as_utc
+from serving.db import Appraisal, Photo, Verdict, iso_utc
 from serving.photos import PhotoStore, PhotoStoreError
 from touchstone.data.manifest import DatasetInfo, PhotoRecord, write_manifest
 from touchstone.vocabulary import DEFAULT_REGIONS, LABELS
@@ -119,7 +119,7 @@ def export_reviews(
                     brand=item["brand"] or None,
                     source="review",
                     extra={
-                        "finalized_at": _iso(item["finalized_at"]),
+                        "finalized_at": iso_utc(item["finalized_at"]) or "",
                         "reviewers": str(reviewers.get(item["id"], 0)),
                     },
                 )
@@ -136,7 +136,7 @@ def export_reviews(
             name="touchstone-reviews",
             description="Photos of items whose final verdict came from certified reviewers "
             "(touchstone data export-reviews)"
-            + (f", finalized since {_iso(since)}" if since else ""),
+            + (f", finalized since {iso_utc(since)}" if since else ""),
             regions=_vocabulary(r.region for r in records),
         )
         summary.manifest = write_manifest(out, records, info, EXTRA_COLUMNS)
@@ -261,12 +261,6 @@ def _write_file(path: Path, data: bytes) -> None:
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise
-
-
-def _iso(value: dt.datetime | None) -> str:
-    if value is None:
-        return ""
-    return as_utc(value).astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 def _chunks(ids: Sequence[str]) -> Iterable[Sequence[str]]:

@@ -1,7 +1,7 @@
 """What follows an appraisal's state changes, in the same database transaction.
 
-The appraisal and review services announce each change here; benefits, the outbox and
-certificates listen. Listeners run inside the caller's transaction, so a state change and
+The appraisal and review services announce each change to a `Lifecycle`; benefits, the outbox
+and certificates listen. Listeners run inside the caller's transaction, so a state change and
 everything that follows from it commit together or not at all (a crash between "decided" and
 "notified" loses nothing).
 
@@ -16,13 +16,16 @@ Events:
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.orm import Session
 
+from serving import certificates
+from serving.benefits.ledger import Ledger
+from serving.benefits.payments import Payments
 from serving.db import Appraisal
+from serving.outbox import events as outbox_events
 
 EVENTS = (
     "appraisal.created",
@@ -32,25 +35,38 @@ EVENTS = (
     "sla.breached",
 )
 Listener = Callable[[Session, Appraisal, dict[str, Any]], None]
-_listeners: dict[str, list[Listener]] = defaultdict(list)
 
 
-def on(event: str) -> Callable[[Listener], Listener]:
-    """Register a listener: `@on("appraisal.finalized") def grant(session, appraisal, detail)`."""
-    if event not in EVENTS:
-        raise ValueError(f"unknown event {event!r}; events: {', '.join(EVENTS)}")
+class Lifecycle:
+    """Listeners by event, in the order they were added."""
 
-    def register(listener: Listener) -> Listener:
-        if listener not in _listeners[event]:
-            _listeners[event].append(listener)
-        return listener
+    def __init__(self) -> None:
+        self._listeners: dict[str, list[Listener]] = {event: [] for event in EVENTS}
 
-    return register
+    def on(self, event: str, listener: Listener) -> None:
+        if event not in EVENTS:
+            raise ValueError(f"unknown event {event!r}; events: {', '.join(EVENTS)}")
+        self._listeners[event].append(listener)
+
+    def emit(self, session: Session, event: str, appraisal: Appraisal, **detail: Any) -> None:
+        """Run every listener of `event` in the caller's transaction; an exception rolls it
+        back."""
+        if event not in EVENTS:
+            raise ValueError(f"unknown event {event!r}")
+        for listener in self._listeners[event]:
+            listener(session, appraisal, detail)
 
 
-def emit(session: Session, event: str, appraisal: Appraisal, **detail: Any) -> None:
-    """Run every listener of `event` in the caller's transaction; an exception rolls it back."""
-    if event not in EVENTS:
-        raise ValueError(f"unknown event {event!r}")
-    for listener in list(_listeners[event]):
-        listener(session, appraisal, detail)
+def standard_lifecycle(ledger: Ledger) -> Lifecycle:
+    """What every state change sets off in the service: the member's benefits first (payment,
+    rewards, compensation), then the event to the membership platform, then the certificate."""
+    lifecycle = Lifecycle()
+    payments = Payments(ledger)
+    lifecycle.on("appraisal.created", payments.pay_at_submission)
+    lifecycle.on("appraisal.finalized", payments.settle_final_verdict)
+    lifecycle.on("appraisal.overturned", payments.compensate_overturn)
+    for event in ("appraisal.decided", "appraisal.finalized", "appraisal.overturned"):
+        lifecycle.on(event, outbox_events.appraisal_listener(event))
+    lifecycle.on("sla.breached", outbox_events.record_sla_breach)
+    lifecycle.on("appraisal.finalized", certificates.issue_on_finalized)
+    return lifecycle

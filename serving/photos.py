@@ -12,7 +12,8 @@ Stored formats:
   lost than the decoding already did.
 - No ICC profile is embedded: `decode_photo` has already converted the pixels to sRGB.
 
-Encryption at rest is on when a key is given (`TOUCHSTONE_PHOTO_KEY`, base64 of 32 bytes). Each
+Encryption at rest is on when a key is given (`TOUCHSTONE_PHOTO_KEY`, base64 of 32 bytes, read
+by `serving.settings`). Each
 file then holds, with AES-256-GCM:
 
     FORMAT_V1 (1 byte, 0x01) | nonce (12 random bytes) | ciphertext + 16-byte tag
@@ -51,6 +52,24 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 _JPEG_MAGIC = b"\xff\xd8\xff"
 
 
+def parse_photo_key(text: str) -> bytes:
+    """The AES-256 key from its base64 text. An empty or broken value is a deployment mistake
+    (a secret not mounted, say): refuse it rather than quietly store photos in the clear. The
+    value itself is never echoed."""
+    try:
+        key = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise PhotoStoreError("bad_key", f"{KEY_ENV} is not valid base64") from exc
+    if len(key) != KEY_BYTES:
+        raise PhotoStoreError(
+            "bad_key",
+            f"{KEY_ENV} must be the base64 of {KEY_BYTES} random bytes, it decodes to "
+            f'{len(key)}; make one with: python -c "import base64, os; '
+            f'print(base64.b64encode(os.urandom(32)).decode())"',
+        )
+    return key
+
+
 class PhotoStoreError(Exception):
     """A store failure. `code`: `bad_key`, `bad_address`, `not_found` or `integrity`."""
 
@@ -78,27 +97,6 @@ class PhotoStore:
             )
         self.root = Path(root)
         self._aead = AESGCM(key) if key is not None else None
-
-    @classmethod
-    def from_env(cls, root: Path) -> PhotoStore:
-        """A store keyed by TOUCHSTONE_PHOTO_KEY; without the variable, photos are not encrypted."""
-        text = os.environ.get(KEY_ENV)
-        if text is None:
-            return cls(root)
-        # An empty or broken value is a deployment mistake (a secret not mounted, say): refuse it
-        # rather than quietly store photos in the clear. The value itself is never echoed.
-        try:
-            key = base64.b64decode(text.strip(), validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise PhotoStoreError("bad_key", f"{KEY_ENV} is not valid base64") from exc
-        if len(key) != KEY_BYTES:
-            raise PhotoStoreError(
-                "bad_key",
-                f"{KEY_ENV} must be the base64 of {KEY_BYTES} random bytes, it decodes to "
-                f'{len(key)}; make one with: python -c "import base64, os; '
-                f'print(base64.b64encode(os.urandom(32)).decode())"',
-            )
-        return cls(root, key)
 
     @property
     def encrypted(self) -> bool:

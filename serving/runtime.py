@@ -18,7 +18,7 @@ import numpy as np
 
 from serving.batching import MicroBatcher
 from serving.metrics import ServiceMetrics
-from serving.settings import ServiceSettings
+from serving.settings import Settings
 from touchstone.inference import OnnxModel
 from touchstone.model_card import ModelCard
 from touchstone.registry import fetch_model_dir
@@ -28,7 +28,7 @@ WARMUP_BATCHES = 3
 
 
 class ModelRuntime:
-    def __init__(self, model: OnnxModel, settings: ServiceSettings, metrics: ServiceMetrics):
+    def __init__(self, model: OnnxModel, settings: Settings, metrics: ServiceMetrics):
         self.model = model
         self.card: ModelCard = model.card
         self.source = str(model.model_dir.path)
@@ -62,7 +62,7 @@ class ModelRuntime:
 
 
 class ModelManager:
-    def __init__(self, settings: ServiceSettings, metrics: ServiceMetrics) -> None:
+    def __init__(self, settings: Settings, metrics: ServiceMetrics) -> None:
         self.settings = settings
         self.metrics = metrics
         self.current: ModelRuntime | None = None

@@ -1,4 +1,4 @@
-"""A collector's month of benefits, step by step: the README's walk-through.
+"""A collector's month of benefits, step by step: the walk-through in docs/benefits.md.
 
     .venv/bin/python experiments/benefits-month/walk.py
 
@@ -14,27 +14,33 @@ import datetime as dt
 import json
 import tempfile
 import uuid
+from dataclasses import asdict
 from pathlib import Path
 
-from serving import benefits, lifecycle
-from serving.benefits_config import load_benefits
+from serving.benefits.ledger import Ledger
+from serving.benefits.service import BenefitsService
 from serving.db import Appraisal, make_engine, make_sessionmaker, upgrade
+from serving.lifecycle import standard_lifecycle
+from serving.settings import Settings
 
 MEMBER = "m-2048"
 
 
 def main() -> None:
-    benefits.configure(load_benefits())
     engine = make_engine(f"sqlite:///{Path(tempfile.mkdtemp()) / 'walk.db'}")
     upgrade(engine)
     sessions = make_sessionmaker(engine)
     now = [dt.datetime(2026, 11, 2, 1, tzinfo=dt.UTC)]
-    benefits.clock = lambda: now[0]
+    # configs/benefits.yaml, as the service reads it, on a clock this walk moves.
+    ledger = Ledger(Settings().benefits_config, clock=lambda: now[0])
+    lifecycle = standard_lifecycle(ledger)
+    benefits = BenefitsService(sessions, ledger)
     seen = [0]
 
     def show(step: str) -> None:
-        answer = benefits.summary(sessions, MEMBER, limit=100, now=now[0])
-        assert answer is not None
+        summary = benefits.summary(MEMBER, limit=100, now=now[0])
+        assert summary is not None
+        answer = summary.model_dump(mode="json")
         new = answer["history"]["total"] - seen[0]
         seen[0] = answer["history"]["total"]
         answer["history"] = [
@@ -71,7 +77,7 @@ def main() -> None:
             row.status, row.outcome, row.finalized_at = "finalized", outcome, now[0]
             lifecycle.emit(session, "appraisal.finalized", row)
 
-    benefits.set_tier(sessions, MEMBER, "collector")
+    benefits.set_tier(MEMBER, "collector")
     show('the platform sets the tier: PUT /v1/members/m-2048 {"tier": "collector"}')
     first = submit()
     show("first submission: paid from the month's free quota")
@@ -88,8 +94,8 @@ def main() -> None:
         "comes back) and past the SLA (the compensation coupon)"
     )
     now[0] = dt.datetime(2026, 12, 1, 0, 30, tzinfo=dt.UTC)
-    print("## close:", json.dumps(benefits.close_month(sessions, "2026-11")))
-    print("## again:", json.dumps(benefits.close_month(sessions, "2026-11")))
+    print("## close:", json.dumps(asdict(benefits.close_month("2026-11"))))
+    print("## again:", json.dumps(asdict(benefits.close_month("2026-11"))))
     show("after `touchstone benefits close-month --month 2026-11` (run twice)")
     engine.dispose()
 

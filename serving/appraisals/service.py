@@ -16,20 +16,17 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from serving import lifecycle
 from serving.appraisals.judgement import Judgement, judge
-from serving.appraisals.uploads import AppraisalRequest, PhotoUpload
-from serving.db import Appraisal, AppraisalEvent, Photo, utcnow
+from serving.appraisals.uploads import AppraisalRequest, PhotoUpload, photo_rows, prepare_photos
+from serving.db import Appraisal, AppraisalEvent, AuditEntry, utcnow
 from serving.errors import ApiError
+from serving.lifecycle import Lifecycle
 from serving.metrics import ServiceMetrics
 from serving.photos import PhotoStore
 from serving.policy.config import PolicyConfig
-from serving.policy.photo_quality import assess_photo
 from serving.policy.routing import RoutingDecision, sla_due
 from serving.review.tasks import MAX_PHOTO_ROUNDS, tasks_for
-from serving.runtime import ModelManager, ModelRuntime
-from touchstone.decision import photo_probability
-from touchstone.imaging import PhotoError, decode_photo
+from serving.runtime import ModelManager
 
 
 class AppraisalService:
@@ -40,6 +37,7 @@ class AppraisalService:
         policy: PolicyConfig,
         models: ModelManager,
         metrics: ServiceMetrics,
+        lifecycle: Lifecycle,
         max_pixels: int,
     ) -> None:
         self.sessions = sessions
@@ -47,6 +45,7 @@ class AppraisalService:
         self.policy = policy
         self.models = models
         self.metrics = metrics
+        self.lifecycle = lifecycle
         self.max_pixels = max_pixels
 
     # -- reading ---------------------------------------------------------------------------
@@ -78,7 +77,7 @@ class AppraisalService:
             existing = await asyncio.to_thread(self._replay, request.idempotency_key, fingerprint)
             if existing is not None:
                 return existing, False
-        await self._prepare(request.photos)
+        await prepare_photos(request.photos, self.store, self.policy, self.max_pixels)
         async with self.models.use() as runtime:
             judgement = await judge(request, request.photos, runtime, self.policy, self.metrics)
         created = await asyncio.to_thread(self._insert, request, fingerprint, judgement)
@@ -92,7 +91,7 @@ class AppraisalService:
     async def create_gold(self, request: AppraisalRequest, truth: str) -> Appraisal:
         """An item with a known truth for the review queue. It looks like any other task to
         reviewers (a member-like id, a generic reason), so their accuracy on it is honest."""
-        await self._prepare(request.photos)
+        await prepare_photos(request.photos, self.store, self.policy, self.max_pixels)
         async with self.models.use() as runtime:
             judgement = await judge(request, request.photos, runtime, self.policy, self.metrics)
         judgement.decision = RoutingDecision(
@@ -118,7 +117,7 @@ class AppraisalService:
                 "invalid_state",
                 f"appraisal {appraisal_id} is {appraisal.status}, not awaiting photos",
             )
-        await self._prepare(photos)
+        await prepare_photos(photos, self.store, self.policy, self.max_pixels)
         round_ = appraisal.photo_rounds + 1
         earlier = [
             PhotoUpload(p.region, b"", usable=True, log_odds=p.log_odds)
@@ -198,22 +197,46 @@ class AppraisalService:
 
         return await asyncio.to_thread(write)
 
+    def overturn(self, appraisal_id: str, outcome: str, reason: str, actor: int) -> Appraisal:
+        """Correct a final verdict (appeal, dispute, QC re-review): the outcome changes, the
+        change is logged, and the lifecycle compensates the member by policy."""
+        with self.sessions() as session, session.begin():
+            appraisal = session.get(Appraisal, appraisal_id, with_for_update=True)
+            if appraisal is None:
+                raise ApiError(404, "not_found", f"no appraisal {appraisal_id}")
+            if appraisal.status not in ("finalized", "decided") or appraisal.outcome is None:
+                raise ApiError(
+                    409,
+                    "invalid_state",
+                    f"appraisal {appraisal_id} is {appraisal.status}; only a final verdict can "
+                    "be overturned",
+                )
+            previous = appraisal.outcome
+            if previous == outcome:
+                raise ApiError(409, "invalid_state", f"the verdict is already {previous}")
+            now = utcnow()
+            appraisal.outcome, appraisal.status, appraisal.path = outcome, "finalized", "human"
+            appraisal.finalized_at = appraisal.finalized_at or now
+            appraisal.updated_at = now
+            detail = {"previous": previous, "outcome": outcome, "reason": reason}
+            session.add(
+                AppraisalEvent(
+                    appraisal_id=appraisal.id,
+                    kind="overturned",
+                    rule="overturn",
+                    detail={**detail, "by": actor},
+                )
+            )
+            session.add(
+                AuditEntry(actor=actor, action="overturn", appraisal_id=appraisal.id, detail=detail)
+            )
+            session.flush()
+            self.lifecycle.emit(
+                session, "appraisal.overturned", appraisal, previous=previous, reason=reason
+            )
+        return self.get(appraisal_id)
+
     # -- the steps ---------------------------------------------------------------------------
-
-    async def _prepare(self, photos: list[PhotoUpload]) -> None:
-        """Decode, store and assess each photo; any undecodable photo refuses the upload."""
-
-        def one(photo: PhotoUpload) -> None:
-            try:
-                photo.image = decode_photo(photo.data, max_pixels=self.max_pixels)
-            except PhotoError as exc:
-                status = 413 if exc.code == "too_many_pixels" else 422
-                raise ApiError(status, exc.code, f"{photo.region} photo: {exc}") from exc
-            photo.stored = self.store.put(photo.data, photo.image)
-            quality = assess_photo(photo.image, self.policy)
-            photo.usable, photo.problems = quality.usable, list(quality.problems)
-
-        await asyncio.gather(*(asyncio.to_thread(one, p) for p in photos))
 
     def _replay(self, key: str | None, fingerprint: str) -> Appraisal | None:
         with self.sessions() as session:
@@ -253,7 +276,7 @@ class AppraisalService:
             gold_outcome=gold_outcome,
             **judgement.columns(),
         )
-        appraisal.photos = _photo_rows(request.photos, 1, judgement.runtime)
+        appraisal.photos = photo_rows(request.photos, 1, judgement.runtime)
         appraisal.events = [_event("created", judgement.decision)]
         try:
             with self.sessions() as session, session.begin():
@@ -261,8 +284,8 @@ class AppraisalService:
                 if appraisal.status == "in_review":
                     session.add_all(tasks_for(appraisal))
                 session.flush()
-                lifecycle.emit(session, "appraisal.created", appraisal)
-                _announce_decision(session, appraisal)
+                self.lifecycle.emit(session, "appraisal.created", appraisal)
+                self._announce_decision(session, appraisal)
         except IntegrityError:
             if request.idempotency_key:
                 return None
@@ -286,7 +309,7 @@ class AppraisalService:
                 setattr(appraisal, name, value)
             appraisal.photo_rounds = round_
             appraisal.updated_at = utcnow()
-            for row in _photo_rows(photos, round_, judgement.runtime):
+            for row in photo_rows(photos, round_, judgement.runtime):
                 row.appraisal_id = appraisal.id
                 session.add(row)
             event = _event("photos_added", judgement.decision)
@@ -295,8 +318,15 @@ class AppraisalService:
             if appraisal.status == "in_review":
                 session.add_all(tasks_for(appraisal))
             session.flush()
-            _announce_decision(session, appraisal)
+            self._announce_decision(session, appraisal)
         return self.get(appraisal_id)
+
+    def _announce_decision(self, session: Session, appraisal: Appraisal) -> None:
+        """A decision the model took alone is also the final verdict, unless a person later
+        overturns it."""
+        if appraisal.status == "decided":
+            self.lifecycle.emit(session, "appraisal.decided", appraisal)
+            self.lifecycle.emit(session, "appraisal.finalized", appraisal)
 
     def _count(self, decision: RoutingDecision) -> None:
         self.metrics.decisions.labels(
@@ -304,44 +334,8 @@ class AppraisalService:
         ).inc()
 
 
-def _announce_decision(session: Session, appraisal: Appraisal) -> None:
-    """A decision the model took alone is also the final verdict, unless a person later
-    overturns it."""
-    if appraisal.status == "decided":
-        lifecycle.emit(session, "appraisal.decided", appraisal)
-        lifecycle.emit(session, "appraisal.finalized", appraisal)
-
-
 def _with_photos():  # -> Select[tuple[Appraisal]]
     return select(Appraisal).options(selectinload(Appraisal.photos))
-
-
-def _photo_rows(
-    photos: list[PhotoUpload], round_: int, runtime: ModelRuntime | None
-) -> list[Photo]:
-    temperature = runtime.card.calibration.photo.temperature if runtime else None
-    rows = []
-    for photo in photos:
-        assert photo.stored is not None and photo.image is not None
-        rows.append(
-            Photo(
-                round=round_,
-                region=photo.region,
-                sha256=photo.stored.sha256,
-                upload_sha256=photo.stored.upload_sha256,
-                width=photo.image.width,
-                height=photo.image.height,
-                usable=photo.usable,
-                problems=photo.problems,
-                log_odds=photo.log_odds,
-                p_authentic=(
-                    float(photo_probability(photo.log_odds, temperature))
-                    if photo.log_odds is not None and temperature
-                    else None
-                ),
-            )
-        )
-    return rows
 
 
 def _event(kind: str, decision: RoutingDecision) -> AppraisalEvent:

@@ -3,6 +3,7 @@ region, and the idempotency key that makes a retried upload return the first app
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
@@ -10,8 +11,14 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
+from serving.db import Photo
 from serving.errors import ApiError
-from serving.photos import StoredPhoto
+from serving.photos import PhotoStore, StoredPhoto
+from serving.policy.config import PolicyConfig
+from serving.policy.photo_quality import assess_photo
+from serving.runtime import ModelRuntime
+from touchstone.decision import photo_probability
+from touchstone.imaging import PhotoError, decode_photo
 
 IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9._:\-]{8,255}$")
 
@@ -60,3 +67,47 @@ def check_idempotency_key(value: str | None) -> str | None:
             "Idempotency-Key must be 8 to 255 characters of letters, digits and . _ : -",
         )
     return value
+
+
+async def prepare_photos(
+    photos: list[PhotoUpload], store: PhotoStore, policy: PolicyConfig, max_pixels: int
+) -> None:
+    """Decode, store and assess each photo; any undecodable photo refuses the upload."""
+
+    def one(photo: PhotoUpload) -> None:
+        try:
+            photo.image = decode_photo(photo.data, max_pixels=max_pixels)
+        except PhotoError as exc:
+            status = 413 if exc.code == "too_many_pixels" else 422
+            raise ApiError(status, exc.code, f"{photo.region} photo: {exc}") from exc
+        photo.stored = store.put(photo.data, photo.image)
+        quality = assess_photo(photo.image, policy)
+        photo.usable, photo.problems = quality.usable, list(quality.problems)
+
+    await asyncio.gather(*(asyncio.to_thread(one, p) for p in photos))
+
+
+def photo_rows(photos: list[PhotoUpload], round_: int, runtime: ModelRuntime | None) -> list[Photo]:
+    temperature = runtime.card.calibration.photo.temperature if runtime else None
+    rows = []
+    for photo in photos:
+        assert photo.stored is not None and photo.image is not None
+        rows.append(
+            Photo(
+                round=round_,
+                region=photo.region,
+                sha256=photo.stored.sha256,
+                upload_sha256=photo.stored.upload_sha256,
+                width=photo.image.width,
+                height=photo.image.height,
+                usable=photo.usable,
+                problems=photo.problems,
+                log_odds=photo.log_odds,
+                p_authentic=(
+                    float(photo_probability(photo.log_odds, temperature))
+                    if photo.log_odds is not None and temperature
+                    else None
+                ),
+            )
+        )
+    return rows

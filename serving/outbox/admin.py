@@ -10,8 +10,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import sessionmaker
 
-from serving.db import OutboxEvent, utcnow
-from serving.outbox.events import _iso
+from serving.db import OutboxEvent, iso_utc, utcnow
 
 
 def status(sessions: sessionmaker, dead_limit: int = 50) -> dict[str, Any]:
@@ -35,7 +34,7 @@ def status(sessions: sessionmaker, dead_limit: int = 50) -> dict[str, Any]:
         ).all()
         return {
             "counts": {s: counts.get(s, 0) for s in ("pending", "delivered", "dead")},
-            "oldest_pending": _iso(oldest),
+            "oldest_pending": iso_utc(oldest),
             "dead": [
                 {
                     "id": e.id,
@@ -43,7 +42,7 @@ def status(sessions: sessionmaker, dead_limit: int = 50) -> dict[str, Any]:
                     "member_id": e.member_id,
                     "appraisal_id": e.appraisal_id,
                     "attempts": e.attempts,
-                    "created_at": _iso(e.created_at),
+                    "created_at": iso_utc(e.created_at),
                     "last_error": e.last_error,
                 }
                 for e in dead

@@ -1,20 +1,16 @@
-"""Where events go and how hard delivery tries: `configs/webhooks.yaml` (`webhooks:` and
-`delivery:`), or the webhooks alone from `TOUCHSTONE_WEBHOOKS`."""
+"""Where events go and how hard delivery tries: a webhooks file (`webhooks:` and `delivery:`,
+see `configs/webhooks.example.yaml`). `serving.settings` reads it, replaces its webhooks with
+`TOUCHSTONE_WEBHOOKS` when that is set, and fills in secrets kept in environment variables."""
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from serving.outbox.signing import sign
-
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "webhooks.yaml"
+from touchstone.config_files import read_yaml, validate
 
 
 class Webhook(BaseModel):
@@ -28,25 +24,22 @@ class Webhook(BaseModel):
     secret_env: str | None = None
 
     @model_validator(mode="after")
-    def _resolve_secret(self) -> Webhook:
-        if self.secret is None and self.secret_env:
-            value = os.environ.get(self.secret_env)
-            if not value:
-                raise ValueError(f"webhook secret variable {self.secret_env} is not set")
-            self.secret = SecretStr(value)
-        if self.secret is None or not self.secret.get_secret_value():
+    def _signable(self) -> Webhook:
+        if self.secret is None and not self.secret_env:
+            raise ValueError(f"webhook {safe_url(self.url)} has no secret")
+        if self.secret is not None and not self.secret.get_secret_value():
             raise ValueError(f"webhook {safe_url(self.url)} has no secret")
         if urlsplit(self.url).scheme not in ("http", "https"):
             raise ValueError(f"webhook URL must be http(s): {safe_url(self.url)}")
         return self
 
     def sign(self, timestamp: str, body: bytes) -> str:
-        assert self.secret is not None
+        assert self.secret is not None, "the settings read secret_env into secret"
         return sign(self.secret.get_secret_value(), timestamp, body)
 
 
 class OutboxConfig(BaseModel):
-    """`configs/webhooks.yaml` (`webhooks:` and `delivery:`), or `TOUCHSTONE_WEBHOOKS`."""
+    """The webhooks and the delivery settings."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -63,18 +56,13 @@ class OutboxConfig(BaseModel):
     lease_seconds: float | None = Field(None, gt=0)
 
 
-def load_config(path: Path | None = None) -> OutboxConfig:
-    """The delivery settings from `path` (default `configs/webhooks.yaml`, if present); the
-    webhooks from `TOUCHSTONE_WEBHOOKS` (a JSON list of {url, secret}) when it is set."""
-    raw: dict[str, Any] = {}
-    source = path or DEFAULT_CONFIG
-    if path is not None or source.exists():
-        document = yaml.safe_load(source.read_text()) or {}
-        raw = {"webhooks": document.get("webhooks") or [], **(document.get("delivery") or {})}
-    env = os.environ.get("TOUCHSTONE_WEBHOOKS")
-    if env:
-        raw["webhooks"] = json.loads(env)
-    return OutboxConfig.model_validate(raw)
+def load_outbox_config(path: Path | None) -> OutboxConfig:
+    """The webhooks and delivery settings of a webhooks file; None: no webhooks."""
+    if path is None:
+        return OutboxConfig()
+    document = read_yaml(path)
+    raw = {"webhooks": document.get("webhooks") or [], **(document.get("delivery") or {})}
+    return validate(OutboxConfig, raw, str(path))
 
 
 def safe_url(url: str) -> str:

@@ -24,9 +24,8 @@ import httpx
 from sqlalchemy import select, update
 from sqlalchemy.orm import sessionmaker
 
-from serving.db import OutboxEvent, as_utc, utcnow
-from serving.outbox.config import OutboxConfig, Webhook, load_config, safe_url
-from serving.outbox.events import _iso
+from serving.db import OutboxEvent, as_utc, iso_utc, utcnow
+from serving.outbox.config import OutboxConfig, Webhook, safe_url
 
 log = logging.getLogger("touchstone.outbox")
 USER_AGENT = "touchstone-outbox/1"
@@ -49,7 +48,7 @@ def envelope(event: OutboxEvent) -> bytes:
     body = {
         "id": event.id,
         "kind": event.kind,
-        "created_at": _iso(event.created_at),
+        "created_at": iso_utc(event.created_at),
         "member_id": event.member_id,
         "appraisal_id": event.appraisal_id,
         "data": event.payload,
@@ -237,19 +236,11 @@ def deliver_with(
 
 
 async def run_deliverer(
-    sessions: sessionmaker,
-    settings: Any = None,
-    stop_event: asyncio.Event | None = None,
-    config: OutboxConfig | None = None,
+    sessions: sessionmaker, config: OutboxConfig, stop_event: asyncio.Event | None = None
 ) -> None:
     """The service's background deliverer: every `interval_seconds`, deliver what is due,
     until `stop_event` is set or the task is cancelled. Without webhooks it does nothing
     (events wait in the outbox, and `touchstone outbox deliver` may send them)."""
-    try:
-        config = config or load_config()
-    except Exception:
-        log.exception("the webhook configuration is invalid; events wait in the outbox")
-        return
     if not config.webhooks:
         log.info("no webhooks configured; events wait in the outbox")
         return

@@ -1,18 +1,18 @@
 """Recording events for the membership platform in the caller's transaction, so a state change
 and its event commit together or not at all: a crash between "decided" and "notified" loses
-nothing. Listeners on the appraisal lifecycle record the appraisal events."""
+nothing. `serving.lifecycle` adds the listeners below, which record the appraisal events."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.orm import Session
 
-from serving import lifecycle
-from serving.db import Appraisal, OutboxEvent, ReviewTask, as_utc, utcnow
+from serving.db import Appraisal, OutboxEvent, ReviewTask, iso_utc, utcnow
 
 EVENT_KINDS = (
     "appraisal.decided",
@@ -56,14 +56,10 @@ def record(
 
 def _json_default(value: Any) -> Any:
     if isinstance(value, dt.datetime):
-        return _iso(value)
+        return iso_utc(value)
     if isinstance(value, dt.date):
         return value.isoformat()
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
-
-
-def _iso(value: dt.datetime | None) -> str | None:
-    return None if value is None else as_utc(value).isoformat()
 
 
 def appraisal_payload(appraisal: Appraisal) -> dict[str, Any]:
@@ -80,9 +76,9 @@ def appraisal_payload(appraisal: Appraisal) -> dict[str, Any]:
         "reasons": list(appraisal.reasons or []),
         "model_name": appraisal.model_name,
         "model_version": appraisal.model_version,
-        "created_at": _iso(appraisal.created_at),
-        "sla_due_at": _iso(appraisal.sla_due_at),
-        "finalized_at": _iso(appraisal.finalized_at),
+        "created_at": iso_utc(appraisal.created_at),
+        "sla_due_at": iso_utc(appraisal.sla_due_at),
+        "finalized_at": iso_utc(appraisal.finalized_at),
     }
 
 
@@ -95,26 +91,23 @@ def _record_appraisal(
     record(session, kind, member_id=appraisal.member_id, appraisal_id=appraisal.id, payload=payload)
 
 
-@lifecycle.on("appraisal.decided")
-def _on_decided(session: Session, appraisal: Appraisal, detail: dict[str, Any]) -> None:
-    _record_appraisal(session, "appraisal.decided", appraisal)
+def appraisal_listener(kind: str) -> Callable[[Session, Appraisal, dict[str, Any]], None]:
+    """A lifecycle listener that records the appraisal's event of this kind (an overturn also
+    names the previous outcome)."""
+
+    def listener(session: Session, appraisal: Appraisal, detail: dict[str, Any]) -> None:
+        extra = (
+            {"previous_outcome": detail.get("previous")} if kind == "appraisal.overturned" else {}
+        )
+        _record_appraisal(session, kind, appraisal, extra)
+
+    return listener
 
 
-@lifecycle.on("appraisal.finalized")
-def _on_finalized(session: Session, appraisal: Appraisal, detail: dict[str, Any]) -> None:
-    _record_appraisal(session, "appraisal.finalized", appraisal)
-
-
-@lifecycle.on("appraisal.overturned")
-def _on_overturned(session: Session, appraisal: Appraisal, detail: dict[str, Any]) -> None:
-    extra = {"previous_outcome": detail.get("previous")}
-    _record_appraisal(session, "appraisal.overturned", appraisal, extra)
-
-
-@lifecycle.on("sla.breached")
-def _on_sla_breached(session: Session, appraisal: Appraisal, detail: dict[str, Any]) -> None:
-    extra: dict[str, Any] = {"task_id": detail.get("task"), "breached_at": _iso(utcnow())}
+def record_sla_breach(session: Session, appraisal: Appraisal, detail: dict[str, Any]) -> None:
+    """The `sla.breached` listener: the appraisal's event with the task that ran late."""
+    extra: dict[str, Any] = {"task_id": detail.get("task"), "breached_at": iso_utc(utcnow())}
     task = session.get(ReviewTask, detail["task"]) if detail.get("task") is not None else None
     if task is not None:
-        extra |= {"task_stage": task.stage, "task_due_at": _iso(task.due_at)}
+        extra |= {"task_stage": task.stage, "task_due_at": iso_utc(task.due_at)}
     _record_appraisal(session, "sla.breached", appraisal, extra)

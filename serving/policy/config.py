@@ -39,7 +39,7 @@ class PhotoQualityConfig(_Strict):
 
 
 class PolicyConfig(_Strict):
-    """The routing policy; the defaults are the domain brief's."""
+    """The routing policy; the defaults are the domain's decisions (docs/domain.md)."""
 
     tiers: tuple[str, ...] = ("explorer", "connoisseur", "collector", "master", "brand_confidant")
     vip_tiers: tuple[str, ...] = ("collector", "master", "brand_confidant")

@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from serving.db import Appraisal, ReviewTask, Verdict, as_utc
 from serving.review.tasks import FINAL_OUTCOMES, expired_lease
+from serving.schemas.review import ReviewQuality
 
 
 def cohen_kappa(pairs: list[tuple[str, str]]) -> float | None:
@@ -28,7 +28,7 @@ def cohen_kappa(pairs: list[tuple[str, str]]) -> float | None:
     return (observed - expected) / (1.0 - expected)
 
 
-def quality_numbers(session: Session, now: dt.datetime) -> dict[str, Any]:
+def quality_numbers(session: Session, now: dt.datetime) -> ReviewQuality:
     """What an admin watches: the queue, throughput, reviewers against gold items, agreement
     of double reviews, how often people overturn the model, and the model's error rate on the
     audit sample (the live estimate of its false-authentic rate)."""
@@ -69,21 +69,21 @@ def quality_numbers(session: Session, now: dt.datetime) -> dict[str, Any]:
     ).all()
     audit = [(m, o) for m, o, rule in finished if rule == "audit_sample"]
     audit_authentic = [o for m, o in audit if m == "authentic"]
-    return {
-        "queue_open": int(session.scalar(select(func.count(ReviewTask.id)).where(waiting)) or 0),
-        "queue_oldest_hours": round(oldest_hours, 2),
-        "verdicts_24h_by_reviewer": {str(k): int(v) for k, v in per_reviewer.items()},
-        "gold_verdicts": len(gold),
-        "gold_accuracy": _share([ok for oks in gold_by_reviewer.values() for ok in oks]),
-        "gold_accuracy_by_reviewer": {str(k): _share(v) for k, v in gold_by_reviewer.items()},
-        "double_review_pairs": len(pairs),
-        "double_review_kappa": cohen_kappa(pairs),
-        "model_decisions_reviewed": len(finished),
-        "human_overturn_rate": _share([m != o for m, o, _ in finished]),
-        "audit_sample_reviewed": len(audit),
-        "audit_error_rate": _share([m != o for m, o in audit]),
-        "audit_false_authentic_rate": _share([o == "counterfeit" for o in audit_authentic]),
-    }
+    return ReviewQuality(
+        queue_open=int(session.scalar(select(func.count(ReviewTask.id)).where(waiting)) or 0),
+        queue_oldest_hours=round(oldest_hours, 2),
+        verdicts_24h_by_reviewer={str(k): int(v) for k, v in per_reviewer.items()},
+        gold_verdicts=len(gold),
+        gold_accuracy=_share([ok for oks in gold_by_reviewer.values() for ok in oks]),
+        gold_accuracy_by_reviewer={str(k): _share(v) for k, v in gold_by_reviewer.items()},
+        double_review_pairs=len(pairs),
+        double_review_kappa=cohen_kappa(pairs),
+        model_decisions_reviewed=len(finished),
+        human_overturn_rate=_share([m != o for m, o, _ in finished]),
+        audit_sample_reviewed=len(audit),
+        audit_error_rate=_share([m != o for m, o in audit]),
+        audit_false_authentic_rate=_share([o == "counterfeit" for o in audit_authentic]),
+    )
 
 
 def _share(flags: list[bool]) -> float | None:

@@ -16,19 +16,27 @@ from typing import Any
 from sqlalchemy import exists, func, or_, select, update
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
-from serving import lifecycle
 from serving.auth import Caller
 from serving.db import Appraisal, AppraisalEvent, AuditEntry, ReviewTask, as_utc, utcnow
 from serving.errors import ApiError
+from serving.lifecycle import Lifecycle
 from serving.review.quality import quality_numbers
-from serving.review.tasks import OUTCOMES, VerdictIn, claimable, expired_lease
+from serving.review.tasks import OUTCOMES, VerdictIn, claimable
 from serving.review.verdicts import record_verdict
 from serving.review.view import check_photo_access, task_view
+from serving.schemas.review import QueueCounts, ReviewQuality, TaskView
 
 
 class ReviewService:
-    def __init__(self, sessions: sessionmaker, lease_seconds: float, blind_scores: bool = True):
+    def __init__(
+        self,
+        sessions: sessionmaker,
+        lifecycle: Lifecycle,
+        lease_seconds: float,
+        blind_scores: bool = True,
+    ) -> None:
         self.sessions = sessions
+        self.lifecycle = lifecycle
         self.lease = dt.timedelta(seconds=lease_seconds)
         self.blind_scores = blind_scores
 
@@ -148,12 +156,12 @@ class ReviewService:
             task = self._held(session, caller, task_id)
             appraisal = session.get(Appraisal, task.appraisal_id, with_for_update=True)
             assert appraisal is not None
-            record_verdict(session, caller, task, appraisal, verdict, utcnow())
+            record_verdict(session, self.lifecycle, caller, task, appraisal, verdict, utcnow())
             return appraisal.id
 
     # -- what a reviewer sees ----------------------------------------------------------------
 
-    def view(self, caller: Caller, task_id: int) -> dict[str, Any]:
+    def view(self, caller: Caller, task_id: int) -> TaskView:
         """The work page's data (`view.task_view`); the view is logged."""
         with self.sessions() as session, session.begin():
             return task_view(session, caller, task_id, self.blind_scores)
@@ -163,7 +171,7 @@ class ReviewService:
         with self.sessions() as session, session.begin():
             return check_photo_access(session, caller, task_id, sha256)
 
-    def queue(self) -> dict[str, int]:
+    def queue(self) -> QueueCounts:
         """Open tasks by SLA state: on time, due within 2 hours, overdue; and claimed ones."""
         now = utcnow()
         with self.sessions() as session:
@@ -173,23 +181,18 @@ class ReviewService:
                     session.scalar(select(func.count(ReviewTask.id)).where(*conditions)) or 0
                 )
 
-            waiting = or_(ReviewTask.status == "open", expired_lease(now))
-            return {
-                "open": count(waiting),
-                "on_time": count(waiting, ReviewTask.due_at >= now + dt.timedelta(hours=2)),
-                "due_soon": count(
-                    waiting,
-                    ReviewTask.due_at >= now,
-                    ReviewTask.due_at < now + dt.timedelta(hours=2),
-                ),
-                "overdue": count(waiting, ReviewTask.due_at < now),
-                "claimed": count(
-                    ReviewTask.status == "claimed", ReviewTask.lease_expires_at >= now
-                ),
-                "escalations": count(waiting, ReviewTask.stage == "escalation"),
-            }
+            waiting = claimable(now)
+            soon = now + dt.timedelta(hours=2)
+            return QueueCounts(
+                open=count(waiting),
+                on_time=count(waiting, ReviewTask.due_at >= soon),
+                due_soon=count(waiting, ReviewTask.due_at >= now, ReviewTask.due_at < soon),
+                overdue=count(waiting, ReviewTask.due_at < now),
+                claimed=count(ReviewTask.status == "claimed", ReviewTask.lease_expires_at >= now),
+                escalations=count(waiting, ReviewTask.stage == "escalation"),
+            )
 
-    def quality(self) -> dict[str, Any]:
+    def quality(self) -> ReviewQuality:
         with self.sessions() as session:
             return quality_numbers(session, utcnow())
 
@@ -209,7 +212,7 @@ class ReviewService:
                 task.sla_breached_at = now
                 appraisal = session.get(Appraisal, task.appraisal_id)
                 assert appraisal is not None
-                lifecycle.emit(session, "sla.breached", appraisal, task=task.id)
+                self.lifecycle.emit(session, "sla.breached", appraisal, task=task.id)
                 session.add(
                     AppraisalEvent(
                         appraisal_id=task.appraisal_id,

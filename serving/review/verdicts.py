@@ -9,14 +9,15 @@ import datetime as dt
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from serving import lifecycle
 from serving.auth import Caller
 from serving.db import Appraisal, AppraisalEvent, AuditEntry, ReviewTask, Verdict
+from serving.lifecycle import Lifecycle
 from serving.review.tasks import MAX_PHOTO_ROUNDS, VerdictIn
 
 
 def record_verdict(
     session: Session,
+    lifecycle: Lifecycle,
     caller: Caller,
     task: ReviewTask,
     appraisal: Appraisal,
@@ -45,18 +46,19 @@ def record_verdict(
         )
     )
     session.flush()
-    _progress(session, appraisal, task, verdict, now)
+    _progress(session, lifecycle, appraisal, task, verdict, now)
 
 
 def _progress(
     session: Session,
+    lifecycle: Lifecycle,
     appraisal: Appraisal,
     task: ReviewTask,
     verdict: VerdictIn,
     now: dt.datetime,
 ) -> None:
     if task.stage != "double":
-        _apply(session, appraisal, verdict.outcome, task.stage, now)
+        _apply(session, lifecycle, appraisal, verdict.outcome, task.stage, now)
         return
     # The current pair: after more photos a new pair of tasks is made.
     pair = session.scalars(
@@ -71,7 +73,7 @@ def _progress(
         session.scalar(select(Verdict.outcome).where(Verdict.task_id == t.id)) for t in pair
     ]
     if outcomes[0] == outcomes[1]:
-        _apply(session, appraisal, outcomes[0], "double", now)
+        _apply(session, lifecycle, appraisal, outcomes[0], "double", now)
         return
     session.add(
         ReviewTask(
@@ -94,7 +96,12 @@ def _progress(
 
 
 def _apply(
-    session: Session, appraisal: Appraisal, outcome: str, stage: str, now: dt.datetime
+    session: Session,
+    lifecycle: Lifecycle,
+    appraisal: Appraisal,
+    outcome: str,
+    stage: str,
+    now: dt.datetime,
 ) -> None:
     # Whatever else was open for this appraisal is no longer needed.
     session.execute(

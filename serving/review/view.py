@@ -4,14 +4,13 @@ member's photos is written to the audit log, in the caller's transaction."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from serving.auth import Caller
 from serving.db import Appraisal, AuditEntry, Photo, ReviewTask, Verdict, as_utc, utcnow
 from serving.errors import ApiError
+from serving.schemas.review import OtherVerdict, TaskInfo, TaskItem, TaskPhoto, TaskView
 
 
 def mask_member(member_id: str) -> str:
@@ -21,7 +20,7 @@ def mask_member(member_id: str) -> str:
     return member_id[:2] + "***" + member_id[-2:]
 
 
-def task_view(session: Session, caller: Caller, task_id: int, blind_scores: bool) -> dict[str, Any]:
+def task_view(session: Session, caller: Caller, task_id: int, blind_scores: bool) -> TaskView:
     """The work page's data. Blind tasks hide the model's scores and every other verdict;
     an escalation shows the senior both verdicts. Logged: a view of a member's photos."""
     task = session.get(ReviewTask, task_id)
@@ -38,7 +37,7 @@ def task_view(session: Session, caller: Caller, task_id: int, blind_scores: bool
     others = []
     if task.stage == "escalation":
         others = [
-            {"outcome": v.outcome, "notes": v.notes, "findings": v.findings}
+            OtherVerdict(outcome=v.outcome, notes=v.notes, findings=v.findings)
             for v in session.scalars(
                 select(Verdict).where(
                     Verdict.appraisal_id == appraisal.id, Verdict.task_id != task.id
@@ -55,40 +54,40 @@ def task_view(session: Session, caller: Caller, task_id: int, blind_scores: bool
     )
     now = utcnow()
     due = as_utc(task.due_at)
-    return {
-        "task": {
-            "id": task.id,
-            "stage": task.stage,
-            "blind": task.blind,
-            "status": task.status,
-            "due_at": due,
-            "overdue": due is not None and due < now,
-            "lease_expires_at": as_utc(task.lease_expires_at),
-        },
-        "appraisal": {
-            "id": appraisal.id,
-            "member": mask_member(appraisal.member_id),
-            "member_tier": appraisal.member_tier,
-            "category": appraisal.category,
-            "brand": appraisal.brand,
-            "declared_value": appraisal.declared_value_cny,
-            "photo_rounds": appraisal.photo_rounds,
-            "routed_because": appraisal.reasons,
-            "p_authentic": None if hide_scores else appraisal.p_authentic,
-        },
-        "photos": [
-            {
-                "sha256": p.sha256,
-                "region": p.region,
-                "round": p.round,
-                "usable": p.usable,
-                "problems": p.problems,
-                "score": None if hide_scores else p.p_authentic,
-            }
+    return TaskView(
+        task=TaskInfo(
+            id=task.id,
+            stage=task.stage,
+            blind=task.blind,
+            status=task.status,
+            due_at=due,
+            overdue=due is not None and due < now,
+            lease_expires_at=as_utc(task.lease_expires_at),
+        ),
+        appraisal=TaskItem(
+            id=appraisal.id,
+            member=mask_member(appraisal.member_id),
+            member_tier=appraisal.member_tier,
+            category=appraisal.category,
+            brand=appraisal.brand,
+            declared_value=appraisal.declared_value_cny,
+            photo_rounds=appraisal.photo_rounds,
+            routed_because=list(appraisal.reasons or []),
+            p_authentic=None if hide_scores else appraisal.p_authentic,
+        ),
+        photos=[
+            TaskPhoto(
+                sha256=p.sha256,
+                region=p.region,
+                round=p.round,
+                usable=p.usable,
+                problems=list(p.problems or []),
+                score=None if hide_scores else p.p_authentic,
+            )
             for p in photos
         ],
-        "other_verdicts": others,
-    }
+        other_verdicts=others,
+    )
 
 
 def check_photo_access(session: Session, caller: Caller, task_id: int, sha256: str) -> str:

@@ -4,44 +4,35 @@ from __future__ import annotations
 
 import secrets
 from asyncio import to_thread
-from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Request, Response
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, Request, Response
 
 from serving.appraisals.uploads import AppraisalRequest
-from serving.auth import Caller, require
+from serving.deps import (
+    Admin,
+    AppraisalsDep,
+    RegionsDep,
+    Reviewer,
+    ReviewsDep,
+    ReviewStaff,
+    SeniorOrAdmin,
+    SettingsDep,
+    StoreDep,
+)
 from serving.errors import ApiError
-from serving.review.service import ReviewService
+from serving.photos import PhotoStoreError
 from serving.review.tasks import VerdictIn
-from serving.routers.appraisals import read_form
-from serving.schemas import AppraisalOut
+from serving.routers.forms import read_form
+from serving.schemas.appraisals import AppraisalOut
+from serving.schemas.review import Lease, QueueCounts, ReviewQuality, TaskView, VerdictBody
 
 router = APIRouter(prefix="/v1/review", tags=["review"])
 
-Reviewer = Annotated[Caller, Depends(require("reviewer", "senior"))]
 
-
-def service(request: Request) -> ReviewService:
-    return request.app.state.review
-
-
-Service = Annotated[ReviewService, Depends(service)]
-
-
-class RegionFinding(BaseModel):
-    region: str = Field(..., max_length=32)
-    note: str = Field("", max_length=2000)
-
-
-class VerdictBody(BaseModel):
-    outcome: Literal["authentic", "counterfeit", "inconclusive", "needs_more_photos"]
-    notes: str = Field("", max_length=5000)
-    findings: list[RegionFinding] = Field(default_factory=list, max_length=50)
-
-
-@router.post("/claim", responses={204: {"description": "nothing to review"}})
-async def claim(reviews: Service, caller: Reviewer) -> Any:
+@router.post(
+    "/claim", response_model=TaskView, responses={204: {"description": "nothing to review"}}
+)
+async def claim(reviews: ReviewsDep, caller: Reviewer) -> TaskView | Response:
     """The next task by SLA deadline, under a lease (or the one the caller already holds)."""
     task_id = await to_thread(reviews.claim, caller)
     if task_id is None:
@@ -49,45 +40,43 @@ async def claim(reviews: Service, caller: Reviewer) -> Any:
     return await to_thread(reviews.view, caller, task_id)
 
 
-@router.get("/queue")
-async def queue(
-    reviews: Service, _: Caller = Depends(require("reviewer", "senior", "admin"))
-) -> dict[str, int]:
+@router.get("/queue", response_model=QueueCounts)
+async def queue(reviews: ReviewsDep, _: ReviewStaff) -> QueueCounts:
     """Open tasks by SLA state."""
     return await to_thread(reviews.queue)
 
 
-@router.get("/tasks/{task_id}")
-async def view_task(
-    task_id: int, reviews: Service, caller: Caller = Depends(require("reviewer", "senior", "admin"))
-) -> dict[str, Any]:
+@router.get("/tasks/{task_id}", response_model=TaskView)
+async def view_task(task_id: int, reviews: ReviewsDep, caller: ReviewStaff) -> TaskView:
     return await to_thread(reviews.view, caller, task_id)
 
 
-@router.get("/tasks/{task_id}/photos/{sha256}")
+@router.get(
+    "/tasks/{task_id}/photos/{sha256}",
+    response_class=Response,
+    responses={200: {"content": {"image/jpeg": {}, "image/png": {}}}},
+)
 async def task_photo(
-    task_id: int,
-    sha256: str,
-    request: Request,
-    reviews: Service,
-    caller: Caller = Depends(require("reviewer", "senior", "admin")),
+    task_id: int, sha256: str, reviews: ReviewsDep, store: StoreDep, caller: ReviewStaff
 ) -> Response:
     """A photo of the task's item (EXIF-free); every view is in the audit log."""
     await to_thread(reviews.photo_allowed, caller, task_id, sha256)
-    store = request.app.state.appraisals.store
-    data = await to_thread(store.get, sha256)
+    try:
+        data = await to_thread(store.get, sha256)
+    except PhotoStoreError as exc:  # erased since the task was made, or damaged
+        raise ApiError(404, "not_found", f"the photo cannot be read: {exc.message}") from exc
     media = "image/jpeg" if data[:3] == b"\xff\xd8\xff" else "image/png"
     return Response(data, media_type=media, headers={"Cache-Control": "private, no-store"})
 
 
-@router.post("/tasks/{task_id}/heartbeat")
-async def heartbeat(task_id: int, reviews: Service, caller: Reviewer) -> dict[str, Any]:
+@router.post("/tasks/{task_id}/heartbeat", response_model=Lease)
+async def heartbeat(task_id: int, reviews: ReviewsDep, caller: Reviewer) -> Lease:
     """Keep the lease while still working."""
-    return {"lease_expires_at": await to_thread(reviews.heartbeat, caller, task_id)}
+    return Lease(lease_expires_at=await to_thread(reviews.heartbeat, caller, task_id))
 
 
-@router.post("/tasks/{task_id}/release", status_code=204)
-async def release(task_id: int, reviews: Service, caller: Reviewer) -> Response:
+@router.post("/tasks/{task_id}/release", status_code=204, response_class=Response)
+async def release(task_id: int, reviews: ReviewsDep, caller: Reviewer) -> Response:
     """Give the task back to the queue."""
     await to_thread(reviews.release, caller, task_id)
     return Response(status_code=204)
@@ -95,34 +84,43 @@ async def release(task_id: int, reviews: Service, caller: Reviewer) -> Response:
 
 @router.post("/tasks/{task_id}/verdict", response_model=AppraisalOut)
 async def verdict(
-    task_id: int, body: VerdictBody, request: Request, reviews: Service, caller: Reviewer
+    task_id: int,
+    body: VerdictBody,
+    reviews: ReviewsDep,
+    appraisals: AppraisalsDep,
+    caller: Reviewer,
 ) -> AppraisalOut:
     """Record the verdict; the appraisal is finalized once its last needed verdict is in."""
+    findings = [finding.model_dump() for finding in body.findings]
     appraisal_id = await to_thread(
-        reviews.verdict,
-        caller,
-        task_id,
-        VerdictIn(body.outcome, body.notes, [f.model_dump() for f in body.findings]),
+        reviews.verdict, caller, task_id, VerdictIn(body.outcome, body.notes, findings)
     )
-    return AppraisalOut.of(await to_thread(request.app.state.appraisals.get, appraisal_id))
+    return AppraisalOut.of(await to_thread(appraisals.get, appraisal_id))
 
 
-@router.get("/quality")
-async def quality(
-    reviews: Service, _: Caller = Depends(require("senior", "admin"))
-) -> dict[str, Any]:
+@router.get("/quality", response_model=ReviewQuality)
+async def quality(reviews: ReviewsDep, _: SeniorOrAdmin) -> ReviewQuality:
     """Queue depth and age, throughput per reviewer, accuracy on gold items, agreement of
     double reviews (Cohen's kappa), overturns of the model, error rate on the audit sample."""
     return await to_thread(reviews.quality)
 
 
 @router.post("/gold", status_code=201, response_model=AppraisalOut)
-async def add_gold_item(request: Request, _: Caller = Depends(require("admin"))) -> AppraisalOut:
+async def add_gold_item(
+    request: Request,
+    appraisals: AppraisalsDep,
+    settings: SettingsDep,
+    regions: RegionsDep,
+    _: Admin,
+) -> AppraisalOut:
     """An item with known truth (form field `truth`: authentic or counterfeit) that enters the
     queue looking like any other; reviewers' accuracy on such items is measured."""
-    appraisals = request.app.state.appraisals
     fields, photos = await read_form(
-        request, request.app.state.regions(), appraisals.policy.max_photos, extra=("truth",)
+        request,
+        regions,
+        appraisals.policy.max_photos,
+        settings.max_photo_bytes,
+        extra=("truth",),
     )
     truth = (fields.pop("truth", "") or "").strip()
     if truth not in ("authentic", "counterfeit"):

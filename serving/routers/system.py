@@ -3,87 +3,75 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
-from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field
 from sqlalchemy import text
+from sqlalchemy.orm import sessionmaker
 
-from serving.auth import ROLES, Caller, require
+from serving.deps import Admin, AnyRole, MetricsDep, ModelsDep, SessionsDep
 from serving.errors import ApiError
+from serving.schemas.system import Health, ModelStatus, ModelSwitch, ModelSwitched, Readiness
+from touchstone.model_card import ModelCardError
+from touchstone.registry import RegistryError
 
 router = APIRouter(tags=["service"])
 
 
-@router.get("/healthz")
-async def healthz() -> dict[str, str]:
+@router.get("/healthz", response_model=Health)
+async def healthz() -> Health:
     """The process is alive (the container's HEALTHCHECK)."""
-    return {"status": "ok"}
+    return Health()
 
 
-@router.get("/readyz")
-async def readyz(request: Request) -> JSONResponse:
-    """Ready: a model loaded and warmed, and the database answering."""
-    state = request.app.state
+@router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
+async def readyz(response: Response, sessions: SessionsDep, models: ModelsDep) -> Readiness:
+    """Ready: a model loaded and warmed, and the database answering (503 otherwise)."""
     database = True
     try:
-        await asyncio.to_thread(_ping, state.sessions)
+        await asyncio.to_thread(_ping, sessions)
     except Exception:
         database = False
-    manager = state.models
-    body = {
-        "ready": database and manager.ready,
-        "database": database,
-        "model": manager.ready,
-        "model_loading": manager.loading,
-        "model_error": manager.error,
-    }
-    return JSONResponse(body, status_code=200 if body["ready"] else 503)
+    body = Readiness(
+        ready=database and models.ready,
+        database=database,
+        model=models.ready,
+        model_loading=models.loading,
+        model_error=models.error,
+    )
+    response.status_code = 200 if body.ready else 503
+    return body
 
 
-def _ping(sessions: Any) -> None:
+def _ping(sessions: sessionmaker) -> None:
     with sessions() as session:
         session.execute(text("SELECT 1"))
 
 
-@router.get("/metrics")
-async def metrics(request: Request) -> Response:
+@router.get("/metrics", response_class=Response)
+async def metrics(service_metrics: MetricsDep) -> Response:
     """Prometheus exposition (scraped inside the cluster; no key needed)."""
-    return Response(
-        generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST
+    return Response(generate_latest(service_metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/v1/models", response_model=ModelStatus)
+async def current_model(models: ModelsDep, _: AnyRole) -> ModelStatus:
+    """The model in service and its card."""
+    runtime = models.current
+    return ModelStatus(
+        ready=models.ready,
+        loading=models.loading,
+        error=models.error,
+        source=runtime.source if runtime else None,
+        card=runtime.card if runtime else None,
     )
 
 
-@router.get("/v1/models")
-async def current_model(request: Request, _: Caller = Depends(require(*ROLES))) -> dict[str, Any]:
-    """The model in service and its card."""
-    manager = request.app.state.models
-    runtime = manager.current
-    return {
-        "ready": manager.ready,
-        "loading": manager.loading,
-        "error": manager.error,
-        "source": runtime.source if runtime else None,
-        "card": runtime.card.model_dump(mode="json") if runtime else None,
-    }
-
-
-class ModelSwitch(BaseModel):
-    source: str = Field(..., min_length=1, description="a model directory or models:/NAME@ALIAS")
-
-
-@router.post("/v1/models")
-async def switch_model(
-    switch: ModelSwitch, request: Request, _: Caller = Depends(require("admin"))
-) -> dict[str, Any]:
+@router.post("/v1/models", response_model=ModelSwitched)
+async def switch_model(switch: ModelSwitch, models: ModelsDep, _: Admin) -> ModelSwitched:
     """Load, warm and switch to another model; requests in flight finish on the old one."""
-    from touchstone.model_card import ModelCardError
-    from touchstone.registry import RegistryError
-
     try:
-        runtime = await request.app.state.models.load(switch.source)
+        runtime = await models.load(switch.source)
     except (ModelCardError, RegistryError, FileNotFoundError) as exc:
         raise ApiError(422, "model_unusable", f"{switch.source}: {exc}") from exc
-    return {"source": switch.source, "name": runtime.card.name, "version": runtime.card.version}
+    return ModelSwitched(source=switch.source, name=runtime.card.name, version=runtime.card.version)

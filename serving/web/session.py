@@ -1,8 +1,9 @@
 """Cookie sessions for the reviewers' web app.
 
-The cookie holds the API key's id and a CSRF token, signed with a secret kept in the data
-directory (`DATA_DIR/web-secret`, 0600): never the key itself, so a stolen cookie cannot be
-turned into an API key, and it dies with the secret. The key's row is read again on every
+The cookie holds the API key's id and a CSRF token, signed with the web secret
+(`TOUCHSTONE_WEB_SECRET`, else one kept in the data directory, `DATA_DIR/web-secret`, 0600):
+never the key itself, so a stolen cookie cannot be turned into an API key, and it dies with
+the secret. The key's row is read again on every
 request, so a revoked key or a changed role takes effect at once.
 """
 
@@ -65,22 +66,16 @@ def load_secret(data_dir: Path) -> bytes:
     return secret.encode()
 
 
-def _serializer(request: Request) -> URLSafeTimedSerializer:
-    state = request.app.state
-    serializer = getattr(state, "web_serializer", None)
-    if serializer is None:
-        secret = load_secret(state.settings.data_dir)
-        serializer = URLSafeTimedSerializer(secret, salt="touchstone-review-session")
-        state.web_serializer = serializer
-    return serializer
+def make_signer(secret: bytes) -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(secret, salt="touchstone-review-session")
 
 
-def read_session(request: Request) -> WebSession | None:
+def read_session(request: Request, signer: URLSafeTimedSerializer) -> WebSession | None:
     value = request.cookies.get(COOKIE)
     if not value:
         return None
     try:
-        data = _serializer(request).loads(value, max_age=MAX_AGE_SECONDS)
+        data = signer.loads(value, max_age=MAX_AGE_SECONDS)
     except BadSignature:  # also expired ones (SignatureExpired is a BadSignature)
         return None
     if not isinstance(data, dict) or not isinstance(data.get("c"), str):
@@ -95,8 +90,10 @@ def new_session(key_id: int | None) -> WebSession:
     return WebSession(key_id, secrets.token_urlsafe(24))
 
 
-def write_session(request: Request, response: Response, session: WebSession) -> None:
-    value = _serializer(request).dumps({"k": session.key_id, "c": session.csrf})
+def write_session(
+    request: Request, response: Response, session: WebSession, signer: URLSafeTimedSerializer
+) -> None:
+    value = signer.dumps({"k": session.key_id, "c": session.csrf})
     response.set_cookie(
         COOKIE,
         value,
@@ -121,25 +118,25 @@ def caller_of(sessions: sessionmaker, key_id: int) -> Caller | None:
     return Caller(key.id, key.role)
 
 
-def signed_in(request: Request) -> Caller:
+def signed_in(request: Request, signer: URLSafeTimedSerializer, sessions: sessionmaker) -> Caller:
     """The signed-in reviewer; SignInRequired when there is no valid session."""
-    session = read_session(request)
+    session = read_session(request, signer)
     if session is None or session.key_id is None:
         raise SignInRequired()
-    caller = caller_of(request.app.state.sessions, session.key_id)
+    caller = caller_of(sessions, session.key_id)
     if caller is None:
         raise SignInRequired("Your key was revoked or no longer has a reviewing role.")
     return caller
 
 
-def check_csrf(request: Request, token: str | None) -> None:
-    session = read_session(request)
+def check_csrf(request: Request, token: str | None, signer: URLSafeTimedSerializer) -> None:
+    session = read_session(request, signer)
     if session is None or not token or not hmac.compare_digest(session.csrf, token):
         raise ApiError(
             403, "csrf_failed", "The form had expired or did not come from this app; reload it."
         )
 
 
-def csrf_token(request: Request) -> str:
-    session = read_session(request)
+def csrf_token(request: Request, signer: URLSafeTimedSerializer) -> str:
+    session = read_session(request, signer)
     return session.csrf if session else ""

@@ -8,15 +8,19 @@ import threading
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
+from sqlalchemy.orm import sessionmaker
 
-from serving import benefits, lifecycle
-from serving.benefits_config import BenefitsConfig
+from serving.benefits.config import BenefitsConfig
+from serving.benefits.ledger import Ledger, balance, point_lots
+from serving.benefits.month import MonthNotOver
+from serving.benefits.service import BenefitsService
 from serving.db import (
     Appraisal,
     AppraisalPayment,
@@ -26,6 +30,7 @@ from serving.db import (
     make_sessionmaker,
     upgrade,
 )
+from serving.lifecycle import Lifecycle, standard_lifecycle
 from tests.serving_support import postgres_database, start_server, stop
 
 TIERS = ("explorer", "connoisseur", "collector", "master", "brand_confidant")
@@ -41,19 +46,32 @@ def sessions(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     engine.dispose()
 
 
-@pytest.fixture(autouse=True)
-def defaults() -> Iterator[None]:
-    benefits.configure(BenefitsConfig())
-    yield
-    benefits.configure(None)
-    benefits.clock = benefits.utcnow
+@dataclass
+class Bank:
+    """The benefits side of the service on one database, as the app wires it, with the
+    default configuration and a clock the test moves (`ledger.clock`)."""
+
+    sessions: sessionmaker
+    ledger: Ledger
+    lifecycle: Lifecycle
+    service: BenefitsService
+
+
+def bank_on(sessions: sessionmaker) -> Bank:
+    ledger = Ledger(BenefitsConfig())
+    return Bank(sessions, ledger, standard_lifecycle(ledger), BenefitsService(sessions, ledger))
+
+
+@pytest.fixture
+def bank(sessions: sessionmaker) -> Bank:
+    return bank_on(sessions)
 
 
 # -- helpers: the events the appraisal and review services send --------------------------------
 
 
-def submit(sessions, member: str, tier: str, at: dt.datetime, gold: bool = False) -> str:
-    with sessions() as session, session.begin():
+def submit(bank: Bank, member: str, tier: str, at: dt.datetime, gold: bool = False) -> str:
+    with bank.sessions() as session, session.begin():
         appraisal = Appraisal(
             id=str(uuid.uuid4()),
             member_id=member,
@@ -70,43 +88,50 @@ def submit(sessions, member: str, tier: str, at: dt.datetime, gold: bool = False
         )
         session.add(appraisal)
         session.flush()
-        lifecycle.emit(session, "appraisal.created", appraisal)
+        bank.lifecycle.emit(session, "appraisal.created", appraisal)
         return appraisal.id
 
 
-def finalize(sessions, appraisal_id: str, outcome: str, at: dt.datetime) -> bool:
+def finalize(bank: Bank, appraisal_id: str, outcome: str, at: dt.datetime) -> bool:
     """A person's final verdict; False if the appraisal was final already."""
-    with sessions() as session, session.begin():
+    with bank.sessions() as session, session.begin():
         appraisal = session.get(Appraisal, appraisal_id, with_for_update=True)
         if appraisal.status == "finalized":
             return False
         appraisal.status, appraisal.outcome, appraisal.finalized_at = "finalized", outcome, at
         session.flush()
-        lifecycle.emit(session, "appraisal.finalized", appraisal)
+        bank.lifecycle.emit(session, "appraisal.finalized", appraisal)
         return True
 
 
-def overturn(sessions, appraisal_id: str, outcome: str) -> str | None:
-    with sessions() as session, session.begin():
+def overturn(bank: Bank, appraisal_id: str, outcome: str) -> str | None:
+    with bank.sessions() as session, session.begin():
         appraisal = session.get(Appraisal, appraisal_id, with_for_update=True)
         previous = appraisal.outcome
         if appraisal.status != "finalized" or previous == outcome:
             return None
         appraisal.outcome = outcome
         session.flush()
-        lifecycle.emit(session, "appraisal.overturned", appraisal, previous=previous)
+        bank.lifecycle.emit(session, "appraisal.overturned", appraisal, previous=previous)
         return previous
 
 
-def replay(sessions, cause: tuple) -> None:
+def replay(bank: Bank, cause: tuple) -> None:
     """Send a cause's event again, as a retry or a redelivery would."""
     if cause[0] == "close":
-        benefits.close_month(sessions, cause[1], member_ids=cause[2])
+        bank.service.close_month(cause[1], member_ids=cause[2])
         return
-    with sessions() as session, session.begin():
+    with bank.sessions() as session, session.begin():
         appraisal = session.get(Appraisal, cause[1])
         extra = {"previous": cause[2]} if cause[0] == "appraisal.overturned" else {}
-        lifecycle.emit(session, cause[0], appraisal, **extra)
+        bank.lifecycle.emit(session, cause[0], appraisal, **extra)
+
+
+def summary_of(bank: Bank, member: str, now: dt.datetime) -> dict:
+    """What `GET /v1/members/{id}/benefits` answers, as JSON."""
+    answer = bank.service.summary(member, now=now)
+    assert answer is not None
+    return answer.model_dump(mode="json")
 
 
 def ledger(sessions, members: list[str]) -> list[LedgerEntry]:
@@ -114,11 +139,11 @@ def ledger(sessions, members: list[str]) -> list[LedgerEntry]:
         return list(session.scalars(select(LedgerEntry).where(LedgerEntry.member_id.in_(members))))
 
 
-def grant(sessions, member: str, tier: str, asset: str, amount: int) -> None:
-    with sessions() as session, session.begin():
-        benefits.lock_member(session, member, tier)
-        expires = benefits.clock() + dt.timedelta(days=730) if asset == "points" else None
-        benefits._post(
+def grant(bank: Bank, member: str, tier: str, asset: str, amount: int) -> None:
+    with bank.sessions() as session, session.begin():
+        bank.ledger.lock_member(session, member, tier)
+        expires = bank.ledger.clock() + dt.timedelta(days=730) if asset == "points" else None
+        bank.ledger.post(
             session, member, asset, amount, "test", f"test:{uuid.uuid4()}", expires_at=expires
         )
 
@@ -147,15 +172,15 @@ operations = st.one_of(
     steps=st.lists(operations, min_size=1, max_size=40),
 )
 def test_the_ledger_never_goes_negative_never_pays_twice_and_sums(
-    sessions, tiers: list[str], steps: list[tuple]
+    sessions, bank: Bank, tiers: list[str], steps: list[tuple]
 ) -> None:
     run = uuid.uuid4().hex[:8]
     members = [f"{run}-{i}" for i in range(3)]
     tier_of = dict(zip(members, tiers, strict=True))
     for member, tier in tier_of.items():
-        benefits.set_tier(sessions, member, tier)
+        bank.service.set_tier(member, tier)
     now = [START]
-    benefits.clock = lambda: now[0]
+    bank.ledger.clock = lambda: now[0]
     appraisals: list[tuple[str, dt.datetime, bool]] = []  # id, submitted at, gold
     causes: list[tuple] = []
     late_first_verdicts: set[str] = set()
@@ -164,38 +189,38 @@ def test_the_ledger_never_goes_negative_never_pays_twice_and_sums(
         if kind == "submit":
             member = members[step[1]]
             gold = step[3] == 0  # now and then an admin's gold item
-            appraisal_id = submit(sessions, member, tier_of[member], now[0], gold)
+            appraisal_id = submit(bank, member, tier_of[member], now[0], gold)
             appraisals.append((appraisal_id, now[0], gold))
             causes.append(("appraisal.created", appraisal_id))
         elif kind == "verdict" and appraisals:
             appraisal_id, submitted, gold = appraisals[step[1] % len(appraisals)]
             at = submitted + dt.timedelta(hours=30 if step[3] else 2)  # due after 24 h
-            if finalize(sessions, appraisal_id, step[2], at):
+            if finalize(bank, appraisal_id, step[2], at):
                 causes.append(("appraisal.finalized", appraisal_id))
                 if step[3] and not gold:
                     late_first_verdicts.add(appraisal_id)
         elif kind == "overturn" and appraisals:
             appraisal_id = appraisals[step[1] % len(appraisals)][0]
-            previous = overturn(sessions, appraisal_id, step[2])
+            previous = overturn(bank, appraisal_id, step[2])
             if previous is not None:
                 causes.append(("appraisal.overturned", appraisal_id, previous))
         elif kind == "tier":
             member = members[step[1]]
             tier_of[member] = step[2]
-            benefits.set_tier(sessions, member, step[2])
+            bank.service.set_tier(member, step[2])
         elif kind == "tick":
             now[0] += dt.timedelta(days=step[1])
         elif kind == "close":
-            start, _ = benefits.month_bounds(benefits.month_of(now[0]))
-            month = benefits.month_of(start - dt.timedelta(days=1))
-            benefits.close_month(sessions, month, member_ids=members)
+            start, _ = bank.ledger.month_bounds(bank.ledger.month_of(now[0]))
+            month = bank.ledger.month_of(start - dt.timedelta(days=1))
+            bank.service.close_month(month, member_ids=members)
             causes.append(("close", month, members))
         elif kind == "expire":
-            benefits.expire_points(sessions, member_ids=members)
+            bank.service.expire_points(member_ids=members)
         elif kind == "replay" and causes:
             before = _movements(ledger(sessions, members))
             payments_before = _payments(sessions, members)
-            replay(sessions, causes[step[1] % len(causes)])
+            replay(bank, causes[step[1] % len(causes)])
             assert _movements(ledger(sessions, members)) == before
             assert _payments(sessions, members) == payments_before
 
@@ -231,8 +256,9 @@ def test_the_ledger_never_goes_negative_never_pays_twice_and_sums(
     assert all(e.amount == 500 for e in coupons)
     # What the service answers is the sum of the entries.
     for member in members:
-        answer = benefits.summary(sessions, member, limit=500, now=now[0])
-        assert answer is not None
+        summary = bank.service.summary(member, limit=500, now=now[0])
+        assert summary is not None
+        answer = summary.model_dump()
         assert answer["points"]["balance"] == sums[member, "points"]
         assert answer["coupons"] == {
             "appraisal": sums[member, "appraisal_coupon"],
@@ -241,7 +267,7 @@ def test_the_ledger_never_goes_negative_never_pays_twice_and_sums(
         }
         assert answer["history"]["total"] == len([e for e in entries if e.member_id == member])
         with sessions() as session:
-            lots = benefits.point_lots(session, member)
+            lots = point_lots(session, member)
         assert sum(lot.left for lot in lots) == sums[member, "points"]
         assert all(lot.left >= 0 for lot in lots)
 
@@ -269,68 +295,69 @@ def _payments(sessions, members: list[str]) -> list[tuple]:
 # -- examples ---------------------------------------------------------------------------------
 
 
-def test_the_order_of_payment_and_what_a_verdict_does(sessions) -> None:
+def test_the_order_of_payment_and_what_a_verdict_does(sessions, bank: Bank) -> None:
     now = [START]
-    benefits.clock = lambda: now[0]
+    bank.ledger.clock = lambda: now[0]
     member = f"order-{uuid.uuid4().hex[:6]}"
-    grant(sessions, member, "connoisseur", "appraisal_coupon", 1)
-    grant(sessions, member, "connoisseur", "points", 1500)
-    ids = [submit(sessions, member, "connoisseur", now[0]) for _ in range(4)]
+    grant(bank, member, "connoisseur", "appraisal_coupon", 1)
+    grant(bank, member, "connoisseur", "points", 1500)
+    ids = [submit(bank, member, "connoisseur", now[0]) for _ in range(4)]
     methods = {p.appraisal_id: p.method for p in _payment_rows(sessions, [member])}
     assert [methods[i] for i in ids] == ["free_quota", "coupon", "points", "paid"]
     paid = next(p for p in _payment_rows(sessions, [member]) if p.method == "paid")
     assert paid.price_cny == 99.0  # no joining coupon: the member joined as a connoisseur
     # inconclusive returns the free appraisal; a late verdict earns the coupon once.
-    assert finalize(sessions, ids[0], "inconclusive", now[0] + dt.timedelta(hours=25))
-    assert finalize(sessions, ids[2], "counterfeit", now[0] + dt.timedelta(hours=1))
-    replay(sessions, ("appraisal.finalized", ids[0]))
-    answer = benefits.summary(sessions, member, now=now[0])
+    assert finalize(bank, ids[0], "inconclusive", now[0] + dt.timedelta(hours=25))
+    assert finalize(bank, ids[2], "counterfeit", now[0] + dt.timedelta(hours=1))
+    replay(bank, ("appraisal.finalized", ids[0]))
+    answer = summary_of(bank, member, now[0])
     assert answer["free_appraisals"]["left"] == 1
     assert answer["coupons"] == {"appraisal": 0, "discount": 0, "compensation_cny": 500}
     assert answer["points"]["balance"] == 1500 - 1000 + 100  # the verdict's reward
     # overturned: the points come back, plus the compensation
-    assert overturn(sessions, ids[2], "authentic") == "counterfeit"
-    assert benefits.summary(sessions, member, now=now[0])["points"]["balance"] == 600 + 1000 + 2000
+    assert overturn(bank, ids[2], "authentic") == "counterfeit"
+    assert summary_of(bank, member, now[0])["points"]["balance"] == 600 + 1000 + 2000
     # month close banks the unused free appraisal, once
     now[0] = dt.datetime(2026, 2, 1, tzinfo=dt.UTC)
-    first = benefits.close_month(sessions, "2026-01", member_ids=[member])
-    again = benefits.close_month(sessions, "2026-01", member_ids=[member])
-    assert first["points_banked"] == 500 and again["points_banked"] == 0
-    with pytest.raises(benefits.MonthNotOver):
-        benefits.close_month(sessions, "2026-02", member_ids=[member])
+    first = bank.service.close_month("2026-01", member_ids=[member])
+    again = bank.service.close_month("2026-01", member_ids=[member])
+    assert first.points_banked == 500 and again.points_banked == 0
+    with pytest.raises(MonthNotOver):
+        bank.service.close_month("2026-02", member_ids=[member])
 
 
-def test_points_expire_after_two_years_with_a_reminder(sessions) -> None:
+def test_points_expire_after_two_years_with_a_reminder(sessions, bank: Bank) -> None:
     now = [START]
-    benefits.clock = lambda: now[0]
+    bank.ledger.clock = lambda: now[0]
     member = f"expiry-{uuid.uuid4().hex[:6]}"
-    grant(sessions, member, "explorer", "points", 700)
+    grant(bank, member, "explorer", "points", 700)
     now[0] = START + dt.timedelta(days=365)
-    grant(sessions, member, "explorer", "points", 400)
+    grant(bank, member, "explorer", "points", 400)
     now[0] = START + dt.timedelta(days=710)  # 20 days before the first lot expires
-    assert benefits.summary(sessions, member, now=now[0])["points"]["expiring_next"] == {
+    assert summary_of(bank, member, now[0])["points"]["expiring_next"] == {
         "points": 700,
         "at": (START + dt.timedelta(days=730)).isoformat().replace("+00:00", "Z"),
     }
-    submit(sessions, member, "explorer", now[0])  # 1,000 points: 700 old, 300 new
+    submit(bank, member, "explorer", now[0])  # 1,000 points: 700 old, 300 new
     now[0] = START + dt.timedelta(days=740)
-    totals = benefits.expire_points(sessions, member_ids=[member])
-    assert totals["points_expired"] == 0  # the old lot was spent first
+    totals = bank.service.expire_points(member_ids=[member])
+    assert totals.points_expired == 0  # the old lot was spent first
     now[0] = START + dt.timedelta(days=1100)
-    totals = benefits.expire_points(sessions, member_ids=[member])
-    assert totals["points_expired"] >= 100
-    assert benefits.summary(sessions, member, now=now[0])["points"]["balance"] == 0
+    totals = bank.service.expire_points(member_ids=[member])
+    assert totals.points_expired >= 100
+    assert summary_of(bank, member, now[0])["points"]["balance"] == 0
 
 
 def test_concurrent_submissions_on_postgresql_spend_a_free_appraisal_once() -> None:
-    benefits.clock = lambda: START
     with postgres_database() as url:
         engine = make_engine(url)
         upgrade(engine)
         pg = make_sessionmaker(engine)
+        on_pg = bank_on(pg)
+        on_pg.ledger.clock = lambda: START
         member = "racer-1"
-        grant(pg, member, "connoisseur", "appraisal_coupon", 1)
-        grant(pg, member, "connoisseur", "points", 1000)
+        grant(on_pg, member, "connoisseur", "appraisal_coupon", 1)
+        grant(on_pg, member, "connoisseur", "points", 1000)
         threads, barrier, errors = 8, threading.Barrier(8), []
 
         def one() -> None:
@@ -351,7 +378,7 @@ def test_concurrent_submissions_on_postgresql_spend_a_free_appraisal_once() -> N
                     session.add(appraisal)
                     session.flush()
                     barrier.wait(timeout=30)  # all inside their transactions, then pay
-                    lifecycle.emit(session, "appraisal.created", appraisal)
+                    on_pg.lifecycle.emit(session, "appraisal.created", appraisal)
             except Exception as exc:  # pragma: no cover - shown by the assertion
                 errors.append(exc)
 
@@ -364,9 +391,9 @@ def test_concurrent_submissions_on_postgresql_spend_a_free_appraisal_once() -> N
         methods = sorted(p.method for p in _payment_rows(pg, [member]))
         assert methods == sorted(["free_quota", "coupon", "points"] + ["paid"] * 5)
         with pg() as session:
-            assert benefits.balance(session, member, "free_appraisal", "2026-01") == 0
-            assert benefits.balance(session, member, "appraisal_coupon") == 0
-            assert benefits.balance(session, member, "points") == 0
+            assert balance(session, member, "free_appraisal", "2026-01") == 0
+            assert balance(session, member, "appraisal_coupon") == 0
+            assert balance(session, member, "points") == 0
             assert session.get(Member, member).tier == "connoisseur"
         engine.dispose()
 

@@ -251,8 +251,8 @@ def test_a_second_finalization_supersedes_the_certificate(tmp_path: Path) -> Non
         old = certificates.public_view(session, codes[0])
         new = certificates.public_view(session, codes[1])
         assert old is not None and new is not None
-        assert old["superseded_by"] == codes[1] and new["superseded_by"] is None
-        assert new["body"]["supersedes"] == codes[0] and new["body"]["outcome"] == "counterfeit"
+        assert old.superseded_by == codes[1] and new.superseded_by is None
+        assert new.body["supersedes"] == codes[0] and new.body["outcome"] == "counterfeit"
         assert certificates.verify(certificates.links_from_db(session)).links == 2
     engine.dispose()
 

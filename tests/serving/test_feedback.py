@@ -130,6 +130,7 @@ def test_export_reviews(reviewed: Reviewed, tmp_path: Path) -> None:
     from serving.db import default_database_url, make_engine, make_sessionmaker
     from serving.feedback import export_reviews
     from serving.photos import PhotoStore
+    from serving.settings import Settings
 
     out = tmp_path / "reviews" / "manifest.csv"
     done = export(reviewed, out)
@@ -139,7 +140,7 @@ def test_export_reviews(reviewed: Reviewed, tmp_path: Path) -> None:
     manifest = load_manifest(out)
     labelled = reviewed.ids("authentic", "counterfeit")
     assert {r.item_id for r in manifest.records} == labelled  # no inconclusive, no unfinished
-    store = PhotoStore.from_env(reviewed.data_dir / "photos")
+    store = PhotoStore(reviewed.data_dir / "photos", Settings().photo_key_bytes())
     for record in manifest.records:
         item = reviewed.plan[record.item_id]
         assert record.label == item["outcome"]

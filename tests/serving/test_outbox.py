@@ -21,12 +21,15 @@ import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from serving import lifecycle
+from serving.benefits.config import BenefitsConfig
+from serving.benefits.ledger import Ledger
 from serving.db import Appraisal, OutboxEvent, make_engine, make_sessionmaker, upgrade, utcnow
-from serving.outbox.config import OutboxConfig, Webhook, load_config, safe_url
+from serving.lifecycle import standard_lifecycle
+from serving.outbox.config import OutboxConfig, Webhook, safe_url
 from serving.outbox.delivery import backoff_seconds, deliver_due, run_deliverer
 from serving.outbox.events import record
 from serving.outbox.signing import sign, verify
+from serving.settings import Settings
 from tests.serving_support import TOUCHSTONE, free_port
 
 SECRET = "s3cret-for-tests"
@@ -294,6 +297,7 @@ def test_receiver_down_is_retried_then_dead_and_can_be_retried(store) -> None:
 
 
 def test_events_commit_and_roll_back_with_their_cause(sessions) -> None:
+    lifecycle = standard_lifecycle(Ledger(BenefitsConfig()))  # as the service wires it
     # Committed: the state change and its event (from the lifecycle listener) together.
     kept = appraisal()
     with sessions() as session, session.begin():
@@ -396,7 +400,7 @@ def test_service_loop_delivers_until_stopped(sessions, receiver: Receiver) -> No
 
     async def main() -> None:
         stop = asyncio.Event()
-        task = asyncio.create_task(run_deliverer(sessions, None, stop, config=config))
+        task = asyncio.create_task(run_deliverer(sessions, config, stop))
         for _ in range(200):
             if len(receiver.processed) == 2:
                 break
@@ -408,6 +412,11 @@ def test_service_loop_delivers_until_stopped(sessions, receiver: Receiver) -> No
     assert sorted(receiver.processed) == sorted(ids)
 
 
+def webhooks_of(path: Path) -> OutboxConfig:
+    """The outbox's part of the service's settings, with this webhooks file."""
+    return Settings(webhooks_file=path).outbox_config
+
+
 def test_config_from_file_and_environment(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path / "webhooks.yaml"
     path.write_text(
@@ -415,24 +424,24 @@ def test_config_from_file_and_environment(tmp_path: Path, monkeypatch) -> None: 
         "delivery:\n  max_attempts: 3\n"
     )
     monkeypatch.delenv("TOUCHSTONE_WEBHOOKS", raising=False)
-    config = load_config(path)
+    config = webhooks_of(path)
     assert config.max_attempts == 3 and config.batch == 100
     assert "from-file" not in repr(config) and "from-file" not in str(config.webhooks)
     assert safe_url(config.webhooks[0].url) == "https://members.example/hooks"
     monkeypatch.setenv(
         "TOUCHSTONE_WEBHOOKS", json.dumps([{"url": "http://a/1", "secret": "x"}] * 2)
     )
-    config = load_config(path)
+    config = webhooks_of(path)
     assert [h.url for h in config.webhooks] == ["http://a/1"] * 2 and config.max_attempts == 3
     monkeypatch.setenv("TOUCHSTONE_WEBHOOKS", json.dumps([{"url": "http://a/1"}]))
     with pytest.raises(ValueError, match="no secret"):
-        load_config(path)
+        webhooks_of(path)
 
 
 def test_the_example_config_loads(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.delenv("TOUCHSTONE_WEBHOOKS", raising=False)
     monkeypatch.setenv("TOUCHSTONE_WEBHOOK_SECRET", "from-env")
     example = Path(__file__).resolve().parents[2] / "configs" / "webhooks.example.yaml"
-    config = load_config(example)
+    config = webhooks_of(example)
     assert config.max_attempts == 8 and config.webhooks[0].secret is not None
     assert config.webhooks[0].secret.get_secret_value() == "from-env"

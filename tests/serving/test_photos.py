@@ -16,6 +16,7 @@ from PIL import Image, ImageCms, PngImagePlugin
 
 from serving import photos
 from serving.photos import KEY_ENV, PhotoStore, PhotoStoreError
+from serving.settings import Settings
 from touchstone.imaging import PhotoError
 
 GPS_MARKER = "TOUCHSTONE-GPS-MARKER"
@@ -303,12 +304,17 @@ def test_altered_plaintext_is_refused(tmp_path: Path) -> None:
     assert caught.value.code == "integrity"
 
 
+def _store_from_settings(root: Path) -> PhotoStore:
+    """The store as the service builds it: the key comes from its settings."""
+    return PhotoStore(root, Settings(data_dir=root).photo_key_bytes())
+
+
 def test_key_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(KEY_ENV, raising=False)
-    assert not PhotoStore.from_env(tmp_path).encrypted
+    assert not _store_from_settings(tmp_path).encrypted
 
     monkeypatch.setenv(KEY_ENV, base64.b64encode(KEY).decode() + "\n")
-    store = PhotoStore.from_env(tmp_path)
+    store = _store_from_settings(tmp_path)
     assert store.encrypted
     photo = store.put(_gps_jpeg())
     assert PhotoStore(tmp_path, KEY).get(photo.sha256) == store.get(photo.sha256)
@@ -323,7 +329,7 @@ def test_malformed_key_is_refused(
 ) -> None:
     monkeypatch.setenv(KEY_ENV, value)
     with pytest.raises(PhotoStoreError) as caught:
-        PhotoStore.from_env(tmp_path)
+        _store_from_settings(tmp_path)
     assert caught.value.code == "bad_key"
     assert KEY_ENV in str(caught.value)
 
