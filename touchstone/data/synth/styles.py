@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 RGB = tuple[int, int, int]
 
-# Shares from the domain brief (bags 38%, watches 27%, jewellery 19%), renormalised.
+# Shares of the trade (docs/domain.md: bags 38%, watches 27%, jewellery 19%), renormalised.
 CATEGORY_SHARES: dict[str, float] = {"bag": 0.38, "watch": 0.27, "jewellery": 0.19}
 # Jewellery has no seams: its items are photographed on hardware and logo only.
 CATEGORY_REGIONS: dict[str, tuple[str, ...]] = {
