@@ -1,5 +1,6 @@
 """An upload as the appraisal service takes it: the member's fields, photo parts named by
-region, and the idempotency key that makes a retried upload return the first appraisal."""
+region, and the idempotency key that makes a retried upload return the first appraisal; then
+its photos decoded, stored without metadata and checked (`prepare_photos`), and their rows."""
 
 from __future__ import annotations
 
