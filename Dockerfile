@@ -1,6 +1,7 @@
-# No Docker engine runs where this project is built, so this file cannot be built there: it
-# repeats the install commands CI runs by calling the same Makefile targets, so the two cannot
-# drift. `make install` is what `make test` installs; `make install-serve` is `.[serve]` alone.
+# Two images from one source stage, each installed by a Makefile target CI also runs, so image
+# and CI cannot drift: `train` (`make install`, what `make test` installs) and `serve` (`make
+# install-serve`, `.[serve]` alone). `make image-check` builds both with podman and appraises an
+# item through the serve image.
 
 FROM python:3.11-slim AS source
 RUN apt-get update \
@@ -12,7 +13,7 @@ COPY touchstone ./touchstone
 COPY training ./training
 COPY serving ./serving
 COPY cli ./cli
-ENV NO_ALBUMENTATIONS_UPDATE=1 MLFLOW_DISABLE_TELEMETRY=true HF_HUB_OFFLINE=1
+ENV NO_ALBUMENTATIONS_UPDATE=1 MLFLOW_DISABLE_TELEMETRY=true HF_HUB_OFFLINE=1 PIP_NO_CACHE_DIR=1
 
 # Training, evaluation and the test suite: torch, timm, MLflow and the rest, and Debian's
 # Chromium for the browser tests (`make install` apt-installs it).
@@ -29,6 +30,7 @@ CMD ["touchstone", "--help"]
 # MLFLOW_TRACKING_URI set) and keep /data on a volume: photos and, without
 # TOUCHSTONE_DATABASE_URL, the SQLite database.
 FROM source AS serve
+# The service reads configs/*.yaml (policy, benefits) from its working directory, /app.
 COPY configs ./configs
 RUN make install-serve PYTHON=python3.11 \
     && useradd --create-home --uid 10001 touchstone \

@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 
 DEMO_DIR ?= experiments/demo
 
-.PHONY: install install-serve test lint demo serve-demo clean mlflow-ui
+.PHONY: install install-serve test lint image-check demo serve-demo clean mlflow-ui
 
 # The browser tests drive Debian's Chromium (Playwright never downloads a browser here).
 $(STAMP): pyproject.toml
@@ -37,6 +37,12 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# Both images of the Dockerfile built with podman, and one item appraised through the serve
+# image; prints one line. It serves a tiny model trained here, or MODEL_DIR=path/to/model.
+# The first run installs podman and makes a base image (needs root).
+image-check: $(STAMP)
+	bash scripts/image-check.sh $(MODEL_DIR)
 
 demo: $(STAMP)
 	$(BIN)/touchstone data synth --config configs/synthetic-standard.yaml --out $(DEMO_DIR)/data
