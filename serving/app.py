@@ -1,8 +1,10 @@
 """The appraisal API: `create_app(settings)` builds it; `touchstone serve` runs it in uvicorn.
 
-Start-up order: database migrated, photo store opened, policy loaded, then the model is loaded
-and warmed in the background, so uploads are accepted (and routed to people) from the first
-second; `/readyz` turns ready once the model is warm.
+The settings (and the policy, benefits and webhook files they name) are validated before the
+app is built. At start-up the database is migrated, every part of the service is built once
+(`build_services`, handed to routes by `serving/deps.py`), then the model is loaded and warmed
+in the background, so uploads are accepted (and routed to people) from the first second;
+`/readyz` turns ready once the model is warm.
 """
 
 from __future__ import annotations
