@@ -79,9 +79,7 @@ def test_webhook_secrets_can_live_in_the_environment(
     assert hook.secret is not None and hook.secret.get_secret_value() == "s3cret"
 
 
-def test_the_web_secret_setting_signs_the_reviewers_cookies(
-    tmp_path: Path, engine: Engine
-) -> None:
+def test_the_web_secret_setting_signs_the_reviewers_cookies(tmp_path: Path, engine: Engine) -> None:
     """Servers behind one balancer share TOUCHSTONE_WEB_SECRET: a cookie one signs, another
     reads; without it, each data directory makes its own."""
     secret = "s" * 40
