@@ -30,19 +30,14 @@ def _fail(message: str) -> typer.Exit:
 
 def _sessions(data_dir: Path):  # -> tuple[Engine, sessionmaker]
     try:
-        from sqlalchemy import inspect
-
-        from serving.db import make_engine, make_sessionmaker
+        from serving.db import make_sessionmaker
+        from serving.settings import SettingsError, open_existing_database
     except ImportError as exc:
         raise _fail(f"this needs the serving extras: pip install '.[serve]' ({exc})") from exc
-    settings = settings_or_exit(data_dir=data_dir)
-    if settings.database_url is None and not (data_dir / "touchstone.db").exists():
-        raise _fail(f"no database in {data_dir} (touchstone.db); is --data-dir the service's?")
-    engine = make_engine(settings.resolved_database_url())
-    # Read only: a database without the table is refused, never migrated from here.
-    if not inspect(engine).has_table("certificates"):
-        engine.dispose()
-        raise _fail("the database has no certificates table: not a Touchstone database")
+    try:
+        engine = open_existing_database(settings_or_exit(data_dir=data_dir), "certificates")
+    except SettingsError as exc:
+        raise _fail(str(exc)) from exc
     return engine, make_sessionmaker(engine)
 
 

@@ -79,12 +79,11 @@ def export_reviews(
     """
     # Imported here: `touchstone data` must stay quick and work without `.[serve]` installed.
     try:
-        from sqlalchemy import inspect
-
-        from serving.db import make_engine, make_sessionmaker
+        from serving.db import make_sessionmaker
         from serving.feedback import ITEM_REASONS, PHOTO_REASONS, parse_since
         from serving.feedback import export_reviews as export
         from serving.photos import PhotoStore
+        from serving.settings import SettingsError, open_existing_database
     except ImportError as exc:
         raise _fail(
             f"export-reviews needs the serving extras: pip install '.[serve]' ({exc})"
@@ -98,13 +97,11 @@ def export_reviews(
         raise _fail(str(exc)) from exc
     settings = settings_or_exit(data_dir=data_dir)
     store = PhotoStore(data_dir / "photos", settings.photo_key_bytes())
-    if settings.database_url is None and not (data_dir / "touchstone.db").exists():
-        raise _fail(f"no database in {data_dir} (touchstone.db); is --data-dir the service's?")
-    engine = make_engine(settings.resolved_database_url())
     try:
-        # Read only: a database the service has not created is refused rather than migrated.
-        if not inspect(engine).has_table("appraisals"):
-            raise _fail("the database has no appraisals table: not a Touchstone database")
+        engine = open_existing_database(settings, "appraisals")
+    except SettingsError as exc:
+        raise _fail(str(exc)) from exc
+    try:
         summary = export(make_sessionmaker(engine), store, out, since_utc)
     finally:
         engine.dispose()

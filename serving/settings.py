@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy import inspect
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import sessionmaker
 
@@ -146,6 +147,20 @@ def _with_secret(hook: Webhook) -> Webhook:
     if not value:
         raise ValueError(f"webhook secret variable {hook.secret_env} is not set")
     return hook.model_copy(update={"secret": SecretStr(value)})
+
+
+def open_existing_database(settings: Settings, table: str) -> Engine:
+    """The service's database for a command that only reads it: never created or migrated from
+    here, and refused (SettingsError) when absent or without `table`."""
+    if settings.database_url is None and not (settings.data_dir / "touchstone.db").exists():
+        raise SettingsError(
+            f"no database in {settings.data_dir} (touchstone.db); is --data-dir the service's?"
+        )
+    engine = make_engine(settings.resolved_database_url())
+    if not inspect(engine).has_table(table):
+        engine.dispose()
+        raise SettingsError(f"the database has no {table} table: not a Touchstone database")
+    return engine
 
 
 def open_database(settings: Settings) -> tuple[Engine, sessionmaker]:

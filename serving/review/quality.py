@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from serving.db import Appraisal, ReviewTask, Verdict, as_utc
-from serving.review.tasks import FINAL_OUTCOMES, expired_lease
+from serving.review.tasks import FINAL_OUTCOMES, claimable
 from serving.schemas.review import ReviewQuality
 
 
@@ -32,7 +32,7 @@ def quality_numbers(session: Session, now: dt.datetime) -> ReviewQuality:
     """What an admin watches: the queue, throughput, reviewers against gold items, agreement
     of double reviews, how often people overturn the model, and the model's error rate on the
     audit sample (the live estimate of its false-authentic rate)."""
-    waiting = or_(ReviewTask.status == "open", expired_lease(now))
+    waiting = claimable(now)
     oldest = session.scalar(select(func.min(ReviewTask.created_at)).where(waiting))
     oldest_hours = (now - as_utc(oldest)).total_seconds() / 3600 if oldest else 0.0
     per_reviewer = dict(

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from serving.auth import Caller
 from serving.db import Appraisal, AuditEntry, Photo, ReviewTask, Verdict, as_utc, utcnow
 from serving.errors import ApiError
+from serving.photos import PhotoStore, PhotoStoreError
 from serving.schemas.review import OtherVerdict, TaskInfo, TaskItem, TaskPhoto, TaskView
 
 
@@ -111,3 +112,13 @@ def check_photo_access(session: Session, caller: Caller, task_id: int, sha256: s
         )
     )
     return task.appraisal_id
+
+
+def stored_photo(store: PhotoStore, sha256: str) -> tuple[bytes, str]:
+    """A task's photo from the store, and its media type; a 404 when it cannot be read (erased
+    since the task was made, or damaged). Check access first (`check_photo_access`)."""
+    try:
+        data = store.get(sha256)
+    except PhotoStoreError as exc:
+        raise ApiError(404, "not_found", f"the photo cannot be read: {exc.message}") from exc
+    return data, "image/jpeg" if data[:3] == b"\xff\xd8\xff" else "image/png"

@@ -20,8 +20,8 @@ from serving.deps import (
     StoreDep,
 )
 from serving.errors import ApiError
-from serving.photos import PhotoStoreError
 from serving.review.tasks import VerdictIn
+from serving.review.view import stored_photo
 from serving.routers.forms import read_form
 from serving.schemas.appraisals import AppraisalOut
 from serving.schemas.review import Lease, QueueCounts, ReviewQuality, TaskView, VerdictBody
@@ -61,11 +61,7 @@ async def task_photo(
 ) -> Response:
     """A photo of the task's item (EXIF-free); every view is in the audit log."""
     await to_thread(reviews.photo_allowed, caller, task_id, sha256)
-    try:
-        data = await to_thread(store.get, sha256)
-    except PhotoStoreError as exc:  # erased since the task was made, or damaged
-        raise ApiError(404, "not_found", f"the photo cannot be read: {exc.message}") from exc
-    media = "image/jpeg" if data[:3] == b"\xff\xd8\xff" else "image/png"
+    data, media = await to_thread(stored_photo, store, sha256)
     return Response(data, media_type=media, headers={"Cache-Control": "private, no-store"})
 
 

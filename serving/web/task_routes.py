@@ -11,8 +11,8 @@ from fastapi import APIRouter, Form, Request, Response
 from serving.db import utcnow
 from serving.deps import ModelsDep, RegionsDep, ReviewsDep, ServicesDep, SessionsDep, StoreDep
 from serving.errors import ApiError
-from serving.photos import PhotoStore, PhotoStoreError
 from serving.review.tasks import MAX_PHOTO_ROUNDS, OUTCOMES, VerdictIn
+from serving.review.view import stored_photo
 from serving.schemas.review import TaskPhoto, WebLease
 from serving.web import queries
 from serving.web.heatmap import GRID, heatmap_png
@@ -113,16 +113,8 @@ async def photo(
 ) -> Response:
     """A photo of the task's item; every view is in the audit log (`photo_allowed`)."""
     await to_thread(reviews.photo_allowed, caller, task_id, sha256)
-    data = await _photo_bytes(store, sha256)
-    media = "image/jpeg" if data[:3] == b"\xff\xd8\xff" else "image/png"
+    data, media = await to_thread(stored_photo, store, sha256)
     return Response(data, media_type=media, headers=PRIVATE)
-
-
-async def _photo_bytes(store: PhotoStore, sha256: str) -> bytes:
-    try:
-        return await to_thread(store.get, sha256)
-    except PhotoStoreError as exc:  # erased since the task was made, or damaged
-        raise ApiError(404, "not_found", f"the photo cannot be read: {exc.message}") from exc
 
 
 @router.get("/{task_id}/photos/{sha256}/heatmap.png")
@@ -149,7 +141,7 @@ async def heatmap(
         async with cache.busy:
             png = cache.get(key)
             if png is None:
-                data = await _photo_bytes(services.store, sha256)
+                data, _ = await to_thread(stored_photo, services.store, sha256)
                 png = await to_thread(heatmap_png, runtime.model, data, region)
                 cache.put(key, png)
     return Response(png, media_type="image/png", headers=PRIVATE)
