@@ -55,20 +55,22 @@ demo: $(STAMP)
 	$(BIN)/touchstone evaluate --model $(DEMO_DIR)/model --data $(DEMO_DIR)/holdout/manifest.csv --split test --out $(DEMO_DIR)/evaluation
 	$(MAKE) --no-print-directory serve-demo
 
-# The appraisal API on the demo model, in the foreground (Ctrl-C stops it): an app key and a
-# curl command that uploads one test item's photos, a reviewer key, and a few items waiting in
-# the review queue for the reviewers' web app.
+# The appraisal API on the demo model, in the foreground (Ctrl-C stops it): a trusted back end's
+# key (`member_backend`: it names the member on each call; the members' app would need a member
+# token signed by the platform) and a curl command that uploads one test item's photos, a
+# reviewer key, and a few items waiting in the review queue for the reviewers' web app.
 serve-demo: $(STAMP)
 	rm -rf $(DEMO_DIR)/service
-	$(BIN)/touchstone admin create-key --role app --data-dir $(DEMO_DIR)/service --label demo | tail -n 1 > $(DEMO_DIR)/app-key
+	$(BIN)/touchstone admin create-key --role member_backend --data-dir $(DEMO_DIR)/service --label demo | tail -n 1 > $(DEMO_DIR)/backend-key
+	$(BIN)/touchstone admin create-key --role platform --data-dir $(DEMO_DIR)/service --label demo-platform | tail -n 1 > $(DEMO_DIR)/platform-key
 	$(BIN)/touchstone admin create-key --role reviewer --data-dir $(DEMO_DIR)/service --label demo-reviewer | tail -n 1 > $(DEMO_DIR)/reviewer-key
 	@item=$$(awk -F, '$$8=="test" {print $$2; exit}' $(DEMO_DIR)/holdout/manifest.csv); \
 	category=$$(awk -F, -v item=$$item '$$2==item {print $$5; exit}' $(DEMO_DIR)/holdout/manifest.csv); \
 	parts=$$(awk -F, -v item=$$item -v dir=$(DEMO_DIR)/holdout '$$2==item {printf " -F %s=@%s/%s", $$3, dir, $$1}' $(DEMO_DIR)/holdout/manifest.csv); \
-	echo "curl -s -X POST http://127.0.0.1:8000/v1/appraisals -H \"Authorization: Bearer $$(cat $(DEMO_DIR)/app-key)\" -H 'Idempotency-Key: demo-$$item' -F member_id=demo-member -F member_tier=explorer -F category=$$category$$parts" > $(DEMO_DIR)/appraise.sh
+	echo "curl -s -X POST http://127.0.0.1:8000/v1/appraisals -H \"Authorization: Bearer $$(cat $(DEMO_DIR)/backend-key)\" -H 'Idempotency-Key: demo-$$item' -F member_id=demo-member -F category=$$category$$parts" > $(DEMO_DIR)/appraise.sh
 	@$(BIN)/touchstone serve --model $(DEMO_DIR)/model --data-dir $(DEMO_DIR)/service --port 8000 & server=$$!; \
 	trap 'kill $$server 2>/dev/null' INT TERM EXIT; \
-	$(BIN)/python -m serving.demo --url http://127.0.0.1:8000 --key $$(cat $(DEMO_DIR)/app-key) --manifest $(DEMO_DIR)/holdout/manifest.csv; \
+	$(BIN)/python -m serving.demo --url http://127.0.0.1:8000 --key $$(cat $(DEMO_DIR)/backend-key) --platform-key $$(cat $(DEMO_DIR)/platform-key) --manifest $(DEMO_DIR)/holdout/manifest.csv; \
 	echo; echo "The service runs on http://127.0.0.1:8000 (API docs at /docs; Ctrl-C stops it)."; \
 	echo "Appraise a test item from another terminal:  sh $(DEMO_DIR)/appraise.sh | python3 -m json.tool"; \
 	echo "which runs:"; cat $(DEMO_DIR)/appraise.sh; echo; \

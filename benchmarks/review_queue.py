@@ -18,7 +18,8 @@ their own (`serving.auth.create_key`, role reviewer), all starting at once (a ba
    default settings, on that database; client threads with one httpx.Client each post
    `/v1/review/claim` (the service's claim plus the task's page, `view`) and
    `/v1/review/tasks/{id}/verdict` (the verdict plus the appraisal it returns). The queue is
-   filled through `POST /v1/appraisals` with an app key (`--http-fill upload`, the default: two
+   filled through `POST /v1/appraisals` with a member_backend key, its 500 members' tiers
+   announced first with a platform key (`--http-fill upload`, the default: two
    generated 96 px photos per item, 8 uploading threads; with no model every item goes to one
    reviewer), or with the ORM as for row 1 (`--http-fill direct`). The fill is not timed as
    part of the review loop; its rate is printed.
@@ -259,15 +260,22 @@ def photos() -> list[tuple[str, tuple[str, bytes, str]]]:
     return parts
 
 
-def fill_upload(url: str, key: str, count: int) -> float:
+_FILL_ROLES = ("member_backend", "platform")
+
+
+def fill_upload(url: str, key: str, platform_key: str, count: int) -> float:
     """Upload `count` items through the API (8 threads); seconds taken."""
     parts = photos()
     tiers = Settings().policy_config.tiers
+    with httpx.Client(base_url=url, headers=bearer(platform_key), timeout=120) as platform:
+        for n in range(min(count, 500)):  # the tier comes from the platform, not the form
+            tier = {"tier": tiers[n % len(tiers)]}
+            platform.put(f"/v1/members/bench-{n}", json=tier).raise_for_status()
 
     def upload(worker: int) -> None:
         with httpx.Client(base_url=url, headers=bearer(key), timeout=120) as http:
             for n in range(worker, count, UPLOAD_THREADS):
-                form = {"member_id": f"bench-{n % 500}", "member_tier": tiers[n % len(tiers)]}
+                form = {"member_id": f"bench-{n % 500}"}
                 answer = http.post("/v1/appraisals", data={**form, "category": "bag"}, files=parts)
                 if answer.status_code != 201 or answer.json()["status"] != "in_review":
                     raise RuntimeError(f"upload {n}: {answer.status_code} {answer.text[:300]}")
@@ -390,7 +398,8 @@ def http_row(url: str, reviewers: int, tasks: int, fill: str) -> tuple[Row, floa
         sessions = make_sessionmaker(engine)
         fill_seconds = None
         if fill == "upload":
-            fill_seconds = fill_upload(base, new_keys(sessions, "app", 1)[0][0], tasks)
+            backend, platform = (new_keys(sessions, role, 1)[0][0] for role in _FILL_ROLES)
+            fill_seconds = fill_upload(base, backend, platform, tasks)
         else:
             fill_direct(sessions, tasks)
         keys = new_keys(sessions, "reviewer", reviewers)

@@ -90,7 +90,7 @@ ENV = {
     "HF_HUB_OFFLINE": "1",
 }
 CONCURRENCY = (1, 8, 32)
-FORM = {"member_tier": "explorer", "category": "bag"}
+FORM = {"category": "bag"}  # members never announced: explorers
 TARGET = 0.85
 PREP_WORKERS = 2  # the pipeline's threads for the per-photo work
 WARM_BATCHES = 3
@@ -277,7 +277,7 @@ class Service:
 
         engine = make_engine(default_database_url(self.data_dir))
         with make_sessionmaker(engine)() as session:
-            self.key = create_key(session, "app", "benchmark")
+            self.key = create_key(session, "member_backend", "benchmark")
         engine.dispose()
 
     def log(self) -> str:

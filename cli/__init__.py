@@ -2,12 +2,14 @@
 
 import typer
 
+from cli.admin import app as admin_app
 from cli.benefits import app as benefits_app
 from cli.certificates import app as certificates_app
 from cli.data import app as data_app
 from cli.model import evaluate, export, promote
 from cli.outbox import app as outbox_app
-from cli.serve import admin_app, serve
+from cli.photos import app as photos_app
+from cli.serve import serve
 from cli.train import train
 
 app = typer.Typer(
@@ -23,5 +25,6 @@ app.command("promote")(promote)
 app.command("serve")(serve)
 app.add_typer(admin_app, name="admin")
 app.add_typer(outbox_app, name="outbox")
+app.add_typer(photos_app, name="photos")
 app.add_typer(certificates_app, name="certificates")
 app.add_typer(benefits_app, name="benefits")

@@ -18,23 +18,27 @@ app = typer.Typer(help="Member benefits: month close, points expiry.", no_args_i
 DATA_DIR = typer.Option(Path("data"), help="where the SQLite database is")
 
 
-def _service(data_dir: Path, month: str | None = None):  # -> tuple[Engine, BenefitsService]
-    """The benefits service on the service's database; `month`, when given, is checked first,
-    so a malformed one never opens (or migrates) the database."""
+def _service(data_dir: Path):  # -> tuple[Engine, BenefitsService]
+    """The benefits service on the service's database."""
     from serving.benefits.ledger import Ledger
     from serving.benefits.service import BenefitsService
     from serving.settings import open_database
 
     settings = settings_or_exit(data_dir=data_dir)
-    ledger = Ledger(settings.benefits_config)
-    if month is not None:
-        try:
-            ledger.month_bounds(month)
-        except ValueError as exc:
-            console.print(f"[bold red]error:[/] {escape(str(exc))}")
-            raise typer.Exit(2) from exc
     engine, sessions = open_database(settings)
-    return engine, BenefitsService(sessions, ledger)
+    return engine, BenefitsService(sessions, Ledger(settings.benefits_config))
+
+
+def _month_or_exit(text: str) -> str:
+    """The month, strictly YYYY-MM (the service's one parser), else exit 2; checked before the
+    database is opened (or migrated)."""
+    from serving.benefits.ledger import InvalidMonth, parse_month
+
+    try:
+        return parse_month(text)
+    except InvalidMonth as exc:
+        console.print(f"[bold red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(2) from exc
 
 
 @app.command("close-month")
@@ -46,7 +50,8 @@ def close_month(
     expire due points. TOUCHSTONE_DATABASE_URL picks the database, as for `touchstone serve`."""
     from serving.benefits.month import MonthNotOver
 
-    engine, benefits = _service(data_dir, month)
+    month = _month_or_exit(month)
+    engine, benefits = _service(data_dir)
     try:
         totals = benefits.close_month(month)
     except MonthNotOver as exc:

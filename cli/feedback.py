@@ -72,6 +72,7 @@ def export_reviews(
     force: bool = typer.Option(False, help="overwrite --out if it exists"),
 ) -> None:
     """Export items whose final verdict came from reviewers as a manifest (source=review).
+    Each export is recorded, with the members it holds, so that an erasure names it.
 
     TOUCHSTONE_DATABASE_URL picks the database, as for `touchstone serve`;
     TOUCHSTONE_PHOTO_KEY decrypts the photos when they are encrypted at rest. Exit 1 when
@@ -80,7 +81,7 @@ def export_reviews(
     # Imported here: `touchstone data` must stay quick and work without `.[serve]` installed.
     try:
         from serving.db import make_sessionmaker
-        from serving.feedback import ITEM_REASONS, PHOTO_REASONS, parse_since
+        from serving.feedback import ITEM_REASONS, PHOTO_REASONS, ExportError, parse_since
         from serving.feedback import export_reviews as export
         from serving.photos import PhotoStore
         from serving.settings import SettingsError, open_existing_database
@@ -103,6 +104,8 @@ def export_reviews(
         raise _fail(str(exc)) from exc
     try:
         summary = export(make_sessionmaker(engine), store, out, since_utc)
+    except ExportError as exc:
+        raise _fail(str(exc)) from exc
     finally:
         engine.dispose()
 
@@ -125,14 +128,12 @@ def export_reviews(
     for reason in PHOTO_REASONS:
         left.add_row(f"photo {reason}", "", str(summary.photos_left_out[reason]))
     console.print(left)
-    if not summary.gold_column:
-        console.print("note: this database has no gold flag (appraisals.is_gold) yet")
-    if not summary.erasure_table:
-        console.print("note: this database lists no erased members (no erased_members table)")
     if summary.manifest is None:
         console.print("nothing to export: no manifest written")
     else:
         console.print(f"wrote {summary.manifest}")
+    # The record lets an erasure name this export; delete the folder when it is done with.
+    console.print(f"recorded as export {summary.export_id}", highlight=False)
     if summary.photos_left_out["unreadable"]:
         # Usually the wrong key: a run that quietly exports nothing would look like a quiet month.
         console.print(

@@ -12,7 +12,6 @@ from rich.console import Console
 from rich.markup import escape
 
 console = Console()
-admin_app = typer.Typer(help="Administration: API keys.", no_args_is_help=True)
 
 
 def serve(
@@ -42,11 +41,34 @@ def serve(
     sla_sweep_seconds: float | None = typer.Option(
         None, help="how often overdue reviews are flagged (default: 30)"
     ),
+    decode_slots: int | None = typer.Option(
+        None, help="photos decoded at once (default: as many as half the memory holds)"
+    ),
+    decode_memory_mb: float | None = typer.Option(
+        None,
+        help="memory the photos of uploads may take decoded at once; more wait "
+        "(default: a quarter of the memory)",
+    ),
+    request_head_timeout: float | None = typer.Option(
+        None, help="seconds for a request's headers to arrive, else closed (default: 10)"
+    ),
+    request_body_timeout: float | None = typer.Option(
+        None, help="seconds for a request body to arrive, else 408 (default: 120)"
+    ),
+    keep_alive_seconds: int | None = typer.Option(
+        None, help="idle keep-alive connections close after this (default: 5)"
+    ),
+    limit_concurrency: int | None = typer.Option(
+        None, help="connections and requests in flight before 503 (default: 256)"
+    ),
 ) -> None:
     """Run the appraisal API (TOUCHSTONE_DATABASE_URL picks the database)."""
     import uvicorn
 
     from serving.app import create_app
+    from serving.appraisals.memory import default_budget_bytes, set_budget_bytes
+    from serving.slow_clients import RequestBodyTimeout, head_deadline_protocol
+    from touchstone.imaging import default_decode_slots, set_decode_slots
 
     settings = settings_or_exit(
         model=model,
@@ -61,8 +83,24 @@ def serve(
         threads=threads,
         review_lease_seconds=review_lease_seconds,
         sla_sweep_seconds=sla_sweep_seconds,
+        decode_slots=decode_slots,
+        decode_memory_bytes=_bytes(decode_memory_mb),
+        request_head_timeout=request_head_timeout,
+        request_body_timeout=request_body_timeout,
+        keep_alive_seconds=keep_alive_seconds,
+        limit_concurrency=limit_concurrency,
     )
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    set_decode_slots(settings.decode_slots or default_decode_slots(settings.max_pixels))
+    set_budget_bytes(settings.decode_memory_bytes or default_budget_bytes(settings.max_pixels))
+    uvicorn.run(
+        RequestBodyTimeout(create_app(settings), settings.request_body_timeout),
+        host=host,
+        port=port,
+        log_level="info",
+        http=head_deadline_protocol(settings.request_head_timeout),
+        timeout_keep_alive=settings.keep_alive_seconds,
+        limit_concurrency=settings.limit_concurrency,
+    )
 
 
 def _bytes(megabytes: float | None) -> int | None:
@@ -79,25 +117,3 @@ def settings_or_exit(**options: object):  # -> serving.settings.Settings
     except SettingsError as exc:
         console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from exc
-
-
-@admin_app.command("create-key")
-def create_key(
-    role: str = typer.Option(..., help="app, platform, reviewer, senior or admin"),
-    data_dir: Path = typer.Option(Path("data")),
-    label: str | None = typer.Option(None, help="who or what holds the key"),
-) -> None:
-    """Create an API key; it is printed once, alone on the last line."""
-    from serving.auth import ROLES
-    from serving.auth import create_key as new_key
-    from serving.settings import open_database
-
-    if role not in ROLES:
-        console.print(f"[bold red]error:[/] unknown role {role!r}; roles: {', '.join(ROLES)}")
-        raise typer.Exit(2)
-    engine, sessions = open_database(settings_or_exit(data_dir=data_dir))
-    with sessions() as session:
-        key = new_key(session, role, label)
-    engine.dispose()
-    console.print(f"created a {role} key; it is shown once:", highlight=False)
-    print(key)

@@ -144,7 +144,7 @@ done
 curl -sf "$url/readyz" >/dev/null || not_ready "the serve container was not ready in 90 s"
 podman healthcheck run "$name" >"$log" 2>&1 || fail "the image's HEALTHCHECK"
 
-key=$(podman exec "$name" touchstone admin create-key --role app --data-dir /data 2>"$log" | tail -n 1) \
+key=$(podman exec "$name" touchstone admin create-key --role member_backend --data-dir /data 2>"$log" | tail -n 1) \
   && [ -n "$key" ] || fail "touchstone admin create-key inside the container"
 
 # The first item's photos, each a part named by its region.

@@ -28,6 +28,8 @@ from serving.deps import Services, services_of
 from serving.errors import error_body, install_handlers
 from serving.lifecycle import standard_lifecycle
 from serving.metrics import ServiceMetrics
+from serving.orphans import SWEEP_SECONDS as ORPHAN_SWEEP_SECONDS
+from serving.orphans import SweepRefused, collect_orphans
 from serving.outbox.delivery import run_deliverer
 from serving.photos import PhotoStore
 from serving.review.service import ReviewService
@@ -60,19 +62,40 @@ class BodyLimit:
             await self._refuse(send)
             return
         seen = 0
+        too_large = False
+        started = False  # the app's answer began before the body went over
+        answered = False
 
         async def counted() -> Message:
-            nonlocal seen
+            # Over the limit, the body ends: to the app, the client is gone (an exception raised
+            # here would reach it wrapped by the middleware between, and become a 500).
+            nonlocal seen, too_large
+            if too_large:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
-                    raise _TooLarge
+                    too_large = True
+                    return {"type": "http.disconnect"}
             return message
 
+        async def send_or_replace(message: Message) -> None:
+            # Whatever the app answers to a body cut short becomes this one 413.
+            nonlocal started, answered
+            if not too_large or started:
+                started = started or message["type"] == "http.response.start"
+                await send(message)
+            elif not answered and message["type"] == "http.response.start":
+                answered = True
+                await self._refuse(send)
+
         try:
-            await self.app(scope, counted, send)
-        except _TooLarge:
+            await self.app(scope, counted, send_or_replace)
+        except Exception:
+            if not too_large or started:
+                raise
+        if too_large and not started and not answered:
             await self._refuse(send)
 
     async def _refuse(self, send: Send) -> None:
@@ -82,10 +105,6 @@ class BodyLimit:
             headers={"Connection": "close"},
         )
         await response({"type": "http"}, _nothing, send)
-
-
-class _TooLarge(Exception):
-    pass
 
 
 async def _nothing() -> Message:
@@ -140,6 +159,7 @@ def create_app(settings: Settings) -> FastAPI:
         tasks = [
             asyncio.create_task(_watch_sla(services)),
             asyncio.create_task(run_deliverer(services.sessions, settings.outbox_config)),
+            asyncio.create_task(_collect_orphans(services)),
         ]
         if settings.model:
             tasks.append(asyncio.create_task(_load(services.models, settings.model)))
@@ -187,6 +207,27 @@ async def _load(models: ModelManager, source: str) -> None:
     except Exception:
         # Uploads keep flowing to people; /readyz and /v1/models show the error.
         log.exception("could not load the model %s", source)
+
+
+async def _collect_orphans(services: Services) -> None:
+    """Delete photo files that no row names, past the grace period (`serving/orphans.py`): at
+    start, then every few hours."""
+    while True:
+        try:
+            report = await asyncio.to_thread(collect_orphans, services.sessions, services.store)
+            if report.orphans or report.temp_files:
+                log.info(
+                    "collected %d orphan photo(s) and %d temp file(s)",
+                    report.orphans,
+                    report.temp_files,
+                )
+        except asyncio.CancelledError:
+            raise
+        except SweepRefused as exc:
+            log.error("the orphan sweep deleted nothing: %s", exc)
+        except Exception:
+            log.exception("the orphan sweep failed; it runs again")
+        await asyncio.sleep(ORPHAN_SWEEP_SECONDS)
 
 
 async def _watch_sla(services: Services) -> None:

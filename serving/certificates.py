@@ -1,15 +1,20 @@
-"""Certificates: each finalized appraisal gets one, a link in a hash chain.
+"""Certificates: each final outcome of an appraisal gets one, a link in a hash chain.
 
 A listener on `appraisal.finalized` (added by `serving.lifecycle`) issues the certificate in the
 transaction of the verdict, so the verdict and its certificate commit together or not at all.
-Gold items get none. An appraisal finalized again (a person overturning the model, say) gets a
-new certificate whose body names the one it supersedes; the old one stays in the chain (nothing
-in the chain is ever edited).
+Gold items get none. Every later change of the final outcome (`appraisal.overturned`: a senior's
+correction, an appeal) issues a new certificate whose body names the one it supersedes; the old
+one stays in the chain (nothing in the chain is ever edited) and its public view names the new.
 
-The body holds the item and appraisal ids, category and brand, the photo hashes (sha256 of the
-clean stored bytes, per region and round), the model's name, version and scores, each reviewer's
-id (an API key id) and verdict, timestamps, and the final outcome and path. It never holds the
-member id: a certificate is shown to anyone who holds its code, and the chain outlives erasure.
+The body (version 2) holds only what a buyer needs, so that anyone holding the code sees it all
+and can recompute its link: the item (its appraisal id), category and brand, the photo hashes
+(sha256 of the clean stored bytes, per region and round), the model's name and version, the
+final outcome and path (auto: the model alone; human: a person decided), the submission,
+finalization and issue times, and the code it supersedes. Never the member id or tier (the chain
+outlives erasure), a reviewer's key id, the routing rule or the model's scores (they would teach
+a counterfeiter where the model is unsure). Version 1 bodies (before this) also held reviewer ids,
+scores and the rule; they stay as they were, hashed, and the public view shows only the fields
+above (`redacted`).
 
 The chain, exactly (so that anyone can recompute it):
 
@@ -19,7 +24,8 @@ where `canonical(x)` is `json.dumps(x, sort_keys=True, separators=(",", ":"), en
 encoded as UTF-8 (keys sorted at every level, no whitespace, non-ASCII as itself), and the hash is
 written as 64 lowercase hex digits. `seq` counts from 1 without gaps; `prev_hash` is the previous
 certificate's `hash`, and 64 zeros for the first. Numbers in bodies are JSON numbers as Python
-writes them (`repr` of a float); timestamps are ISO 8601 strings in UTC.
+writes them (`repr` of a float); timestamps are ISO 8601 strings in UTC. The head of the chain is
+signed and checked in `serving.certificate_head`.
 
 Linearity: on PostgreSQL the issuer takes a transaction-level advisory lock before it reads the
 head, so concurrent finalizations append one after another; on SQLite the verdict's transaction
@@ -40,16 +46,31 @@ from typing import Any
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from serving.db import Appraisal, Certificate, Photo, ReviewTask, Verdict, iso_utc, utcnow
+from serving.db import Appraisal, Certificate, Photo, iso_utc, utcnow
 from serving.schemas.certificates import CertificateView
 
 GENESIS = "0" * 64
-VERSION = 1
+VERSION = 2
+# What a buyer sees of any body, old or new (version 2 bodies hold exactly these).
+PUBLIC_FIELDS = (
+    "version",
+    "item_id",
+    "appraisal_id",
+    "category",
+    "brand",
+    "photos",
+    "model",
+    "outcome",
+    "path",
+    "submitted_at",
+    "finalized_at",
+    "issued_at",
+    "supersedes",
+)
 CODE_LENGTH = 12  # base32: 60 random bits
 _CODE_ALPHABET = "ABCDEFGHJKMNPQRSTVWXYZ0123456789"  # Crockford-like, no I/L/O/U
 # pg_advisory_xact_lock key for "the certificate chain": any constant, the same everywhere.
 ADVISORY_LOCK_KEY = 0x7C3E_71F1
-ANCHOR_VALUE_CNY = 50_000  # items above this are anchored externally in the reports
 
 
 def canonical(value: Any) -> bytes:
@@ -70,62 +91,39 @@ def new_code() -> str:
 
 
 def body_for(session: Session, appraisal: Appraisal, issued_at: dt.datetime) -> dict[str, Any]:
-    photos = session.scalars(
-        select(Photo).where(Photo.appraisal_id == appraisal.id).order_by(Photo.id)
+    photos = session.execute(
+        select(Photo.region, Photo.round, Photo.sha256)
+        .where(Photo.appraisal_id == appraisal.id)
+        .order_by(Photo.id)
     ).all()
-    verdicts = session.execute(
-        select(Verdict, ReviewTask.stage)
-        .join(ReviewTask, ReviewTask.id == Verdict.task_id)
-        .where(Verdict.appraisal_id == appraisal.id)
-        .order_by(Verdict.id)
-    ).all()
-    previous = session.scalar(
-        select(Certificate)
-        .where(Certificate.appraisal_id == appraisal.id)
-        .order_by(Certificate.seq.desc())
-        .limit(1)
-    )
-    declared = appraisal.declared_value_cny
+    previous = _latest_of(session, appraisal.id)
     return {
         "version": VERSION,
         "item_id": appraisal.id,  # an item is appraised once: its id is the appraisal's
         "appraisal_id": appraisal.id,
         "category": appraisal.category,
         "brand": appraisal.brand,
-        "anchor": bool(declared is not None and declared > ANCHOR_VALUE_CNY),
         "photos": [
-            {
-                "region": p.region,
-                "round": p.round,
-                "sha256": p.sha256,
-                "usable": bool(p.usable),
-                "p_authentic": p.p_authentic,
-            }
-            for p in photos
+            {"region": region, "round": round_, "sha256": sha256}
+            for region, round_, sha256 in photos
         ],
-        "model": {
-            "name": appraisal.model_name,
-            "version": appraisal.model_version,
-            "p_authentic": appraisal.p_authentic,
-            "outcome": appraisal.model_outcome,
-        },
-        "verdicts": [
-            {
-                "reviewer": v.reviewer,
-                "stage": stage,
-                "outcome": v.outcome,
-                "at": iso_utc(v.created_at),
-            }
-            for v, stage in verdicts
-        ],
+        "model": {"name": appraisal.model_name, "version": appraisal.model_version},
         "outcome": appraisal.outcome,
         "path": appraisal.path,
-        "rule": appraisal.rule,
         "submitted_at": iso_utc(appraisal.created_at),
         "finalized_at": iso_utc(appraisal.finalized_at),
         "issued_at": iso_utc(issued_at),
         "supersedes": previous.code if previous is not None else None,
     }
+
+
+def _latest_of(session: Session, appraisal_id: str) -> Certificate | None:
+    return session.scalar(
+        select(Certificate)
+        .where(Certificate.appraisal_id == appraisal_id)
+        .order_by(Certificate.seq.desc())
+        .limit(1)
+    )
 
 
 def lock_chain(session: Session) -> None:
@@ -164,36 +162,62 @@ def issue_on_finalized(session: Session, appraisal: Appraisal, _: dict[str, Any]
     issue(session, appraisal)
 
 
+def issue_on_overturned(session: Session, appraisal: Appraisal, _: dict[str, Any]) -> None:
+    """The `appraisal.overturned` listener: the final outcome changed, so a new certificate
+    supersedes the standing one. A person's verdict over the model's is announced as finalized
+    and then as overturned; the finalization's certificate already says the new outcome, so
+    none is added for the overturn then."""
+    standing = _latest_of(session, appraisal.id)
+    if standing is not None and standing.body.get("outcome") == appraisal.outcome:
+        return
+    issue(session, appraisal)
+
+
 # -- reading and checking ---------------------------------------------------------------------
 
 
+def public_body(body: dict[str, Any]) -> dict[str, Any]:
+    """What a buyer sees of a body: `PUBLIC_FIELDS`, each photo's region, round and hash, the
+    model's name and version. A version 2 body comes back whole (equal to itself)."""
+    shown = {name: body[name] for name in PUBLIC_FIELDS if name in body}
+    shown["photos"] = [
+        {"region": p.get("region"), "round": p.get("round"), "sha256": p.get("sha256")}
+        for p in body.get("photos") or []
+    ]
+    model = body.get("model") or {}
+    shown["model"] = {"name": model.get("name"), "version": model.get("version")}
+    return shown
+
+
 def public_view(session: Session, code: str) -> CertificateView | None:
-    """What anyone holding the code may see: the certificate, its link, and whether a later
-    certificate of the same appraisal supersedes it. No member id (the body has none)."""
+    """What anyone holding the code may see: the certificate's public fields, its link, and the
+    certificate of the same appraisal that supersedes it, if any."""
     certificate = session.scalar(select(Certificate).where(Certificate.code == code))
     if certificate is None:
         return None
-    later = session.scalar(
+    successor = session.scalar(
         select(Certificate.code)
         .where(
             Certificate.appraisal_id == certificate.appraisal_id,
             Certificate.seq > certificate.seq,
         )
-        .order_by(Certificate.seq.desc())
+        .order_by(Certificate.seq)
         .limit(1)
     )
     intact = certificate.hash == link_hash(
         certificate.seq, certificate.code, certificate.body, certificate.prev_hash
     )
+    shown = public_body(certificate.body)
     return CertificateView(
         seq=certificate.seq,
         code=certificate.code,
-        body=certificate.body,
+        body=shown,
+        redacted=shown != certificate.body,
         prev_hash=certificate.prev_hash,
         hash=certificate.hash,
         created_at=iso_utc(certificate.created_at),
         hash_matches=intact,
-        superseded_by=later,
+        superseded_by=successor,
     )
 
 
@@ -298,11 +322,3 @@ def verify(links: Iterable[Link]) -> Verification:
         count, head = count + 1, link
         expected_seq, expected_prev = link.seq + 1, link.hash
     return Verification(count, head, None)
-
-
-def head_of(session: Session) -> dict[str, Any] | None:
-    """The chain head to anchor elsewhere: seq, code, hash, time."""
-    c = session.scalar(select(Certificate).order_by(Certificate.seq.desc()).limit(1))
-    if c is None:
-        return None
-    return {"seq": c.seq, "code": c.code, "hash": c.hash, "created_at": iso_utc(c.created_at)}

@@ -22,11 +22,12 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     create_engine,
-    event,
     false,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
+
+from serving.sqlite import sqlite_engine, sqlite_sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -73,6 +74,7 @@ class ApiKey(Base):
     label: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    expires_at: Mapped[dt.datetime | None] = mapped_column(default=None)  # None: never
 
 
 class Appraisal(Base):
@@ -100,6 +102,9 @@ class Appraisal(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     sla_due_at: Mapped[dt.datetime] = mapped_column()
+    # Set while the appraisal waits for the member's photos: the SLA clock is stopped then,
+    # and `sla_due_at` moves on by the time waited (serving/appraisals/status.py).
+    sla_paused_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     finalized_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     # Gold items: made by admins with a known truth, to measure reviewers; never a member's.
     is_gold: Mapped[bool] = mapped_column(default=False, server_default=false())
@@ -214,6 +219,23 @@ class Member(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
+class MemberTier(Base):
+    """The member's tier from `effective_from` on, as the membership platform set it: the one
+    source of a member's tier, kept whole so that a month closes with the tier held then
+    (serving/benefits/tiers.py). Written only by `BenefitsService.set_tier`; `members.tier`
+    mirrors the latest row. A member with no row is an explorer."""
+
+    __tablename__ = "member_tiers"
+    __table_args__ = (
+        Index("ix_member_tiers_member_id_effective_from", "member_id", "effective_from"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    member_id: Mapped[str] = mapped_column(String(64))
+    tier: Mapped[str] = mapped_column(String(32))
+    effective_from: Mapped[dt.datetime] = mapped_column()
+
+
 class LedgerEntry(Base):
     """One movement of a member's free appraisals, coupons or points: append-only; balances
     are sums; corrections are compensating entries. The idempotency key comes from the cause
@@ -300,6 +322,27 @@ class ErasedMember(Base):
     erased_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
+class TrainingExport(Base):
+    """One `touchstone data export-reviews` run: where it wrote photos in the clear, so that an
+    erasure can name the exports that held the member (serving/feedback.py)."""
+
+    __tablename__ = "training_exports"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    destination: Mapped[str] = mapped_column(Text)  # the manifest's absolute path
+    rows: Mapped[int] = mapped_column(Integer, default=0)  # photos written
+
+
+class TrainingExportMember(Base):
+    """A member whose photos an export holds: a row each, so erasure finds exports by member."""
+
+    __tablename__ = "training_export_members"
+
+    export_id: Mapped[str] = mapped_column(ForeignKey("training_exports.id"), primary_key=True)
+    member_id: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
+
+
 def default_database_url(data_dir: Path) -> str:
     return f"sqlite:///{Path(data_dir).resolve() / 'touchstone.db'}"
 
@@ -308,24 +351,13 @@ def make_engine(url: str) -> Engine:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(connection: Any, _: Any) -> None:
-            # WAL lets readers work during a write; FULL syncs each commit to disk, so a 201
-            # survives a crash of the process or the machine.
-            cursor = connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=FULL")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA busy_timeout=30000")
-            cursor.close()
-
-        return engine
+        return sqlite_engine(url)  # transactions that take the write lock: serving/sqlite.py
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker:
+    if engine.dialect.name == "sqlite":
+        return sqlite_sessionmaker(engine)
     return sessionmaker(engine, expire_on_commit=False)
 
 

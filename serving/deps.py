@@ -8,19 +8,20 @@ signature states all it needs. This is the only module that reads the app's stat
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated
 
 from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from itsdangerous import URLSafeTimedSerializer
 from sqlalchemy.orm import sessionmaker
 
 from serving.appraisals.service import AppraisalService
-from serving.auth import ROLES, Caller, authenticate
+from serving.auth import FULL_VIEW_ROLES, MEMBER_ROLES, ROLES, Caller, authenticate
 from serving.benefits.service import BenefitsService
 from serving.errors import ApiError
 from serving.lifecycle import Lifecycle
+from serving.member_tokens import HEADER as MEMBER_TOKEN_HEADER
 from serving.metrics import ServiceMetrics
 from serving.photos import PhotoStore
 from serving.review.service import ReviewService
@@ -131,9 +132,44 @@ def require(*roles: str) -> Callable[..., Caller]:
     return dependency
 
 
-AppCaller = Annotated[Caller, Depends(require("app"))]
+_member_token = APIKeyHeader(
+    name=MEMBER_TOKEN_HEADER,
+    scheme_name="MemberToken",
+    auto_error=False,
+    description="with an app key: the membership platform's token for the member (a JWT)",
+)
+
+
+def for_members(*roles: str) -> Callable[..., Caller]:
+    """Like `require`, for a route that acts on members' appraisals or benefits: an `app`
+    caller must also send a valid member token (401 without), and then acts for that member
+    alone (`Caller.member_id`); the other roles name the member per call."""
+
+    # A default, not an annotation: annotations are read as strings, without this closure.
+    def dependency(
+        services: ServicesDep,
+        token: Annotated[str | None, Depends(_member_token)],
+        caller: Caller = Depends(require(*roles)),
+    ) -> Caller:
+        if caller.role != "app":
+            return caller
+        tokens = services.settings.member_tokens
+        if tokens is None:
+            raise ApiError(
+                401,
+                "member_token_invalid",
+                "this service has no member-token key configured, so app keys cannot be used",
+            )
+        return replace(caller, member_id=tokens.member_of(token))
+
+    return dependency
+
+
+# Acts for a member: submits, adds photos, asks for a person.
+MemberActor = Annotated[Caller, Depends(for_members(*MEMBER_ROLES))]
+# Reads a member's appraisals and benefits (reviewers use their task view instead).
+MemberReader = Annotated[Caller, Depends(for_members(*MEMBER_ROLES, *FULL_VIEW_ROLES))]
 PlatformCaller = Annotated[Caller, Depends(require("platform"))]
-MemberReader = Annotated[Caller, Depends(require("app", "platform", "admin"))]
 Reviewer = Annotated[Caller, Depends(require("reviewer", "senior"))]
 ReviewStaff = Annotated[Caller, Depends(require("reviewer", "senior", "admin"))]
 SeniorOrAdmin = Annotated[Caller, Depends(require("senior", "admin"))]

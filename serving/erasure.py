@@ -9,7 +9,12 @@ them, and keeps only what the ledger and the certificates need.
   member's photos.
 - Appraisals keep ids, outcomes, paths and timestamps (the ledger and the certificates refer to
   them); the certificate chain is not touched, so it stays verifiable.
-- The member is listed in `erased_members`: the training export leaves them out for good.
+- Events for the membership platform about the member's appraisals lose the member and the
+  photos' derived data (serving/outbox/events.py `scrub_member_events`); they keep their ids.
+- The member is listed in `erased_members`: the training export leaves them out for good, and
+  `touchstone train` leaves out their rows from manifests exported before.
+- The answer names the training exports already written with the member's photos (recorded by
+  serving/feedback.py): they lie outside the service, so operators purge them.
 
 Safe to repeat: a second call changes nothing more and answers the same counts.
 """
@@ -21,9 +26,20 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from serving.db import Appraisal, AuditEntry, ErasedMember, Photo, Verdict, iso_utc, utcnow
+from serving.db import (
+    Appraisal,
+    AuditEntry,
+    ErasedMember,
+    Photo,
+    TrainingExport,
+    TrainingExportMember,
+    Verdict,
+    iso_utc,
+    utcnow,
+)
+from serving.outbox.events import scrub_member_events
 from serving.photos import PhotoStore
-from serving.schemas.erasure import ErasureResult
+from serving.schemas.erasure import ErasureResult, ExportHeld
 
 
 def erase_member(
@@ -46,6 +62,7 @@ def erase_member(
         for verdict in verdicts:
             verdict.notes = ""
             verdict.findings = []
+        events = scrub_member_events(session, ids)
         addresses = sorted({p.sha256 for p in photos})
         shared = _shared(session, addresses, member_id)
         erased = session.get(ErasedMember, member_id)
@@ -53,15 +70,21 @@ def erase_member(
         if erased is None:
             erased = ErasedMember(member_id=member_id, erased_at=utcnow())
             session.add(erased)
-        result = ErasureResult(
-            member_id=member_id,
-            erased_at=iso_utc(erased.erased_at),
-            appraisals=len(ids),
-            photos=len(photos),
-            photo_files_erased=len(addresses) - len(shared),
-            photo_files_shared=len(shared),
-            verdicts=len(verdicts),
-        )
+        counts = {
+            "member_id": member_id,
+            "erased_at": iso_utc(erased.erased_at),
+            "appraisals": len(ids),
+            "photos": len(photos),
+            "photo_files_erased": len(addresses) - len(shared),
+            "photo_files_shared": len(shared),
+            "verdicts": len(verdicts),
+            "outbox_events": events,
+        }
+    # The exports are read after the member's row is committed: an export records itself
+    # before it reads the erased members again, so it is either found here or leaves the
+    # member out (serving/feedback.py).
+    with sessions() as session, session.begin():
+        result = ErasureResult(**counts, exports=_exports_holding(session, member_id))
         session.add(
             AuditEntry(
                 actor=actor,
@@ -76,6 +99,24 @@ def erase_member(
         if address not in shared:
             store.delete(address)
     return result
+
+
+def _exports_holding(session: Session, member_id: str) -> list[ExportHeld]:
+    query = (
+        select(TrainingExport)
+        .join(TrainingExportMember, TrainingExportMember.export_id == TrainingExport.id)
+        .where(TrainingExportMember.member_id == member_id)
+        .order_by(TrainingExport.created_at, TrainingExport.id)
+    )
+    return [
+        ExportHeld(
+            id=export.id,
+            exported_at=iso_utc(export.created_at) or "",
+            destination=export.destination,
+            rows=export.rows,
+        )
+        for export in session.scalars(query)
+    ]
 
 
 def _in(session: Session, entity: Any, column: Any, ids: list[str]) -> list[Any]:

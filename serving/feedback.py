@@ -7,12 +7,16 @@ to `images/<appraisal_id>/<sha256>.<ext>` beside the manifest. The item id is th
 no split is written, so the next `touchstone data split` assigns one (and links a review item to
 any near-duplicate already in a frozen split).
 
+Each export is recorded (`training_exports`, migration 0009) before any photo is written, with
+the members whose photos it holds, so that an erasure names the exports that held the member.
+A member erased while the photos were being written is left out as well: the check is made
+again before the manifest is written.
+
 Left out, and counted:
 - `erased_member`: the member asked for erasure (PIPL; `DELETE /v1/members/{id}/data` records
-  them in `erased_members`, migration 0004; read where the table exists).
+  them in `erased_members`).
 - `gold`: items with known answers planted in the review queue to check reviewers; their
-  labels are not the reviewers' work. Read from `appraisals.is_gold` where that column exists
-  (migration 0003), so this works on databases from before and after it.
+  labels are not the reviewers' work.
 - `inconclusive`: people could not tell, so there is no label.
 - `no_usable_photos`: every photo of the item failed the quality checks or is gone.
 
@@ -26,16 +30,27 @@ from __future__ import annotations
 import datetime as dt
 import os
 import tempfile
+import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import column, distinct, func, inspect, literal_column, select, table
+from sqlalchemy import delete, distinct, func, inspect, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from serving.db import Appraisal, Photo, Verdict, iso_utc
+from serving.appraisals.status import Status
+from serving.db import (
+    Appraisal,
+    ErasedMember,
+    Photo,
+    TrainingExport,
+    TrainingExportMember,
+    Verdict,
+    iso_utc,
+    utcnow,
+)
 from serving.photos import PhotoStore, PhotoStoreError
 from touchstone.data.manifest import DatasetInfo, PhotoRecord, write_manifest
 from touchstone.vocabulary import DEFAULT_REGIONS, LABELS
@@ -54,8 +69,11 @@ class ExportSummary:
     photos: Counter[str] = field(default_factory=Counter)  # exported photos by label
     left_out: Counter[str] = field(default_factory=Counter)  # items, by reason
     photos_left_out: Counter[str] = field(default_factory=Counter)  # photos of exported items
-    gold_column: bool = False  # whether the database could say which items are gold
-    erasure_table: bool = False  # whether the database lists erased members
+    export_id: str = ""  # the record in `training_exports`
+
+
+class ExportError(Exception):
+    """The export cannot run on this database."""
 
 
 def parse_since(text: str) -> dt.datetime:
@@ -78,11 +96,18 @@ def export_reviews(
     """Write the finalized human verdicts (finalized at or after `since`) as a manifest at `out`.
 
     Overwrites `out` and image files of the same names; the caller decides whether it may.
+    Raises ExportError on a database that cannot record exports yet.
     """
     out = Path(out).resolve()
     summary = ExportSummary(manifest=None)
     with sessions() as session:
-        items = _finalized_items(session, since, summary)
+        if not inspect(session.connection()).has_table(TrainingExport.__tablename__):
+            # An export erasure cannot find is the hole the record closes: refuse instead.
+            raise ExportError(
+                "this database cannot record exports yet (migration 0009_training_exports): "
+                "start `touchstone serve` on it once, which migrates it, then export again"
+            )
+        items = _finalized_items(session, since)
         kept = []
         for item in items:
             reason = _reason_to_leave_out(item)
@@ -93,12 +118,14 @@ def export_reviews(
         ids = [item["id"] for item in kept]
         photos = _photos(session, ids)
         reviewers = _reviewer_counts(session, ids)
+    # Recorded (and committed) before the first photo is written: an erasure from now on
+    # finds this export, and one that came earlier is caught by the check below.
+    summary.export_id = _record_export(sessions, out, {item["member_id"] for item in kept})
 
-    records: list[PhotoRecord] = []
+    written: dict[str, list[PhotoRecord]] = {}
     images = out.parent / "images"
     for item in kept:
         rows = _usable_photos(photos.get(item["id"], []), summary)
-        written = []
         for region, sha256 in rows:
             try:
                 data = store.get(sha256)
@@ -107,7 +134,7 @@ def export_reviews(
                 continue
             path = images / item["id"] / f"{sha256}.{_extension(data)}"
             _write_file(path, data)
-            written.append(
+            written.setdefault(item["id"], []).append(
                 PhotoRecord(
                     line=0,
                     image=path.relative_to(out.parent).as_posix(),
@@ -124,12 +151,24 @@ def export_reviews(
                     },
                 )
             )
-        if not written:
+
+    with sessions() as session:
+        erased_since = _erased_members(session)
+    records: list[PhotoRecord] = []
+    members: set[str] = set()
+    for item in kept:
+        rows = written.get(item["id"], [])
+        if item["member_id"] in erased_since:
+            summary.left_out["erased_member"] += 1
+            _remove_files(rows)
+            continue
+        if not rows:
             summary.left_out["no_usable_photos"] += 1
             continue
-        records.extend(written)
+        records.extend(rows)
+        members.add(item["member_id"])
         summary.items[item["outcome"]] += 1
-        summary.photos[item["outcome"]] += len(written)
+        summary.photos[item["outcome"]] += len(rows)
 
     if records:
         info = DatasetInfo(
@@ -140,43 +179,82 @@ def export_reviews(
             regions=_vocabulary(r.region for r in records),
         )
         summary.manifest = write_manifest(out, records, info, EXTRA_COLUMNS)
+    _finish_export(sessions, summary.export_id, len(records), members)
     return summary
 
 
-def _finalized_items(
-    session: Session, since: dt.datetime | None, summary: ExportSummary
-) -> list[dict[str, Any]]:
-    inspector = inspect(session.connection())
-    # Read what the database has, not what the ORM model declares: the gold flag and the
-    # erasure list arrive in later migrations, and this must run before and after them.
-    summary.gold_column = "is_gold" in {c["name"] for c in inspector.get_columns("appraisals")}
-    summary.erasure_table = inspector.has_table("erased_members")
-    columns = [
-        Appraisal.id,
-        Appraisal.member_id,
-        Appraisal.category,
-        Appraisal.brand,
-        Appraisal.outcome,
-        Appraisal.finalized_at,
-    ]
-    if summary.gold_column:
-        columns.append(literal_column("appraisals.is_gold").label("is_gold"))
+def erased_items(sessions: sessionmaker, item_ids: Iterable[str]) -> set[str]:
+    """Those of these appraisal ids (a review manifest's item ids) whose member was erased:
+    `touchstone train` leaves their rows out."""
+    found: set[str] = set()
+    with sessions() as session:
+        for chunk in _chunks(sorted(set(item_ids))):
+            query = (
+                select(Appraisal.id)
+                .join(ErasedMember, ErasedMember.member_id == Appraisal.member_id)
+                .where(Appraisal.id.in_(chunk))
+            )
+            found.update(session.scalars(query))
+    return found
+
+
+def _record_export(sessions: sessionmaker, out: Path, members: set[str]) -> str:
+    export_id = str(uuid.uuid4())
+    with sessions() as session, session.begin():
+        session.add(TrainingExport(id=export_id, created_at=utcnow(), destination=str(out), rows=0))
+        session.flush()
+        session.add_all(TrainingExportMember(export_id=export_id, member_id=m) for m in members)
+    return export_id
+
+
+def _finish_export(sessions: sessionmaker, export_id: str, rows: int, members: set[str]) -> None:
+    """The rows written, and only the members whose photos the export holds in the end."""
+    with sessions() as session, session.begin():
+        session.execute(
+            update(TrainingExport).where(TrainingExport.id == export_id).values(rows=rows)
+        )
+        listed = set(
+            session.scalars(
+                select(TrainingExportMember.member_id).where(
+                    TrainingExportMember.export_id == export_id
+                )
+            )
+        )
+        for chunk in _chunks(sorted(listed - members)):
+            session.execute(
+                delete(TrainingExportMember).where(
+                    TrainingExportMember.export_id == export_id,
+                    TrainingExportMember.member_id.in_(chunk),
+                )
+            )
+
+
+def _erased_members(session: Session) -> set[str]:
+    return {str(m) for m in session.scalars(select(ErasedMember.member_id))}
+
+
+def _finalized_items(session: Session, since: dt.datetime | None) -> list[dict[str, Any]]:
     query = (
-        select(*columns)
-        .where(Appraisal.status == "finalized", Appraisal.path == "human")
+        select(
+            Appraisal.id,
+            Appraisal.member_id,
+            Appraisal.category,
+            Appraisal.brand,
+            Appraisal.outcome,
+            Appraisal.finalized_at,
+            Appraisal.is_gold,
+        )
+        .where(Appraisal.status == Status.FINALIZED, Appraisal.path == "human")
         .order_by(Appraisal.finalized_at, Appraisal.id)
     )
     if since is not None:
         query = query.where(Appraisal.finalized_at >= since)
-    erased: set[str] = set()
-    if summary.erasure_table:
-        erased_members = table("erased_members", column("member_id"))
-        erased = {str(m) for m in session.scalars(select(erased_members.c.member_id))}
+    erased = _erased_members(session)
     items = []
     for row in session.execute(query).mappings():
         item = dict(row)
         item["erased"] = item["member_id"] in erased
-        item["is_gold"] = bool(item.get("is_gold"))  # None (not set) counts as not gold
+        item["is_gold"] = bool(item["is_gold"])  # None (not set) counts as not gold
         items.append(item)
     return items
 
@@ -248,6 +326,14 @@ def _vocabulary(regions: Iterable[str]) -> tuple[str, ...]:
 def _extension(data: bytes) -> str:
     # The store keeps JPEG uploads as JPEG and everything else as PNG.
     return "jpg" if data.startswith(b"\xff\xd8\xff") else "png"
+
+
+def _remove_files(records: list[PhotoRecord]) -> None:
+    for record in records:
+        record.path.unlink(missing_ok=True)
+    for folder in {record.path.parent for record in records}:
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def _write_file(path: Path, data: bytes) -> None:

@@ -1,9 +1,10 @@
 """What follows an appraisal's state changes, in the same database transaction.
 
-The appraisal and review services announce each change to a `Lifecycle`; benefits, the outbox
-and certificates listen. Listeners run inside the caller's transaction, so a state change and
-everything that follows from it commit together or not at all (a crash between "decided" and
-"notified" loses nothing).
+An appraisal's state machine (`serving.appraisals.status.move`, the one place its status
+changes) announces each change to a `Lifecycle`, and the review service's SLA sweep announces
+breaches; benefits, the outbox and certificates listen. Listeners run inside the caller's
+transaction, so a state change and everything that follows from it commit together or not at
+all (a crash between "decided" and "notified" loses nothing).
 
 Events:
 - `appraisal.created`: submitted (the tier at submission decides entitlement and SLA);
@@ -69,4 +70,5 @@ def standard_lifecycle(ledger: Ledger) -> Lifecycle:
         lifecycle.on(event, outbox_events.appraisal_listener(event))
     lifecycle.on("sla.breached", outbox_events.record_sla_breach)
     lifecycle.on("appraisal.finalized", certificates.issue_on_finalized)
+    lifecycle.on("appraisal.overturned", certificates.issue_on_overturned)
     return lifecycle

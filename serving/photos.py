@@ -33,6 +33,7 @@ import io
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +50,8 @@ NONCE_BYTES = 12
 JPEG_QUALITY = 95
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_FANOUT = re.compile(r"[0-9a-f]{2}")
+_TEMP_PREFIX = ".tmp-"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 
 
@@ -89,6 +92,13 @@ class StoredPhoto:
     media_type: str  # "image/jpeg" or "image/png"
 
 
+@dataclass(frozen=True)
+class StoreFile:
+    path: Path
+    address: str | None  # the photo's sha256; None for a temp file left by a write
+    mtime: float  # when it was last written (or renewed), POSIX time
+
+
 class PhotoStore:
     def __init__(self, root: Path, key: bytes | None = None) -> None:
         if key is not None and len(key) != KEY_BYTES:
@@ -122,7 +132,9 @@ class PhotoStore:
         clean = buffer.getvalue()
         sha256 = hashlib.sha256(clean).hexdigest()
 
-        if not self._holds(sha256):
+        # A file already there is made fresh: it may be an orphan, and the orphan sweep spares
+        # young files, so it cannot take it before this upload's row commits.
+        if not (self._holds(sha256) and self._renew(sha256)):
             self._write(sha256, self._seal(sha256, clean))
         return StoredPhoto(
             sha256=sha256,
@@ -162,6 +174,44 @@ class PhotoStore:
         _fsync_dir(path.parent)  # an erasure must not come back after a crash either
         return True
 
+    def files(self) -> Iterator[StoreFile]:
+        """Every file in the store's layout, with when it was last written: the photos, and
+        temp files that an interrupted write left (address None). Anything else is not ours
+        and is not listed."""
+        for first in sorted(_children(self.root)):
+            for second in sorted(_children(first)):
+                if not (_FANOUT.fullmatch(first.name) and _FANOUT.fullmatch(second.name)):
+                    continue
+                for path in sorted(second.iterdir()):
+                    name = path.name
+                    photo = _SHA256.fullmatch(name) and name.startswith(first.name + second.name)
+                    if not (photo or name.startswith(_TEMP_PREFIX)):
+                        continue
+                    try:
+                        mtime = path.stat().st_mtime
+                    except FileNotFoundError:  # deleted meanwhile
+                        continue
+                    yield StoreFile(path, name if photo else None, mtime)
+
+    def remove_if_older(self, path: Path, before: float) -> bool:
+        """Delete this listed file if it was last written before `before` (a POSIX time);
+        False if it is younger or gone. The file is moved aside first and its time read
+        there: an upload of the same photo that renews it meanwhile (see `put`) gets it back,
+        and one that comes after the move writes the file anew."""
+        aside = path.with_name(f"{_TEMP_PREFIX}collect-{path.name}")
+        try:
+            os.replace(path, aside)
+        except FileNotFoundError:
+            return False
+        if aside.stat().st_mtime >= before:
+            with contextlib.suppress(FileExistsError):  # written anew meanwhile: keep that one
+                os.link(aside, path)
+            os.unlink(aside)
+            return False
+        os.unlink(aside)
+        _fsync_dir(path.parent)
+        return True
+
     def path_for(self, sha256: str) -> Path:
         # The address becomes a path: only a well-formed digest may, so nothing like "../x"
         # can reach outside the root.
@@ -179,6 +229,13 @@ class PhotoStore:
         try:
             self.get(sha256)
         except PhotoStoreError:
+            return False
+        return True
+
+    def _renew(self, sha256: str) -> bool:
+        try:
+            os.utime(self.path_for(sha256))
+        except FileNotFoundError:  # taken by the orphan sweep just now: write it again
             return False
         return True
 
@@ -212,7 +269,7 @@ class PhotoStore:
         _make_dirs(self.root, path.parent)
         # Temp file in the same folder, so os.replace is an atomic rename: a reader sees the old
         # state or the whole new file, never a partial one. mkstemp also makes it owner-only.
-        fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=_TEMP_PREFIX)
         try:
             with os.fdopen(fd, "wb") as temp:
                 temp.write(data)
@@ -225,6 +282,13 @@ class PhotoStore:
             raise
         # The rename lives in the directory: sync it so an acknowledged photo survives a crash.
         _fsync_dir(path.parent)
+
+
+def _children(folder: Path) -> list[Path]:
+    try:
+        return [p for p in folder.iterdir() if p.is_dir()]
+    except FileNotFoundError:
+        return []
 
 
 def _associated_data(sha256: str) -> bytes:

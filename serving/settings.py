@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import (
     Field,
     PrivateAttr,
@@ -30,7 +31,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import sessionmaker
 
 from serving.benefits.config import BenefitsConfig, BenefitsError, load_benefits
+from serving.certificate_head import load_signing_key
 from serving.db import default_database_url, make_engine, make_sessionmaker, upgrade
+from serving.member_tokens import ASYMMETRIC, MemberTokens
 from serving.outbox.config import OutboxConfig, Webhook, load_outbox_config
 from serving.photos import PhotoStoreError, parse_photo_key
 from serving.policy.config import PolicyConfig, PolicyError, load_policy
@@ -57,11 +60,31 @@ class Settings(BaseSettings):
     photo_key: SecretStr | None = None
     # Signs the reviewers' session cookies; None: DATA_DIR/web-secret, made on first use.
     web_secret: SecretStr | None = Field(None, min_length=32)
+    # Signs the certificate chain's head (serving/certificate_head.py): an Ed25519 private key,
+    # a PEM file kept away from the database; None: the head is served unsigned.
+    certificate_key: Path | None = None
     # Upload limits: the body is counted while it streams in, so an oversized upload is
     # refused before it is buffered; one photo may not exceed max_photo_bytes.
     max_request_bytes: int = Field(64 * 1024 * 1024, gt=0)
     max_photo_bytes: int = Field(16 * 1024 * 1024, gt=0)
     max_pixels: int = Field(50_000_000, gt=0)
+    # Photos decoded at once in the process (touchstone/imaging.py); None: as many as fit in
+    # half the memory at max_pixels each, and no more than the cores.
+    decode_slots: int | None = Field(None, ge=1)
+    # The memory uploads' decoded photos may hold at once (serving/appraisals/memory.py): a
+    # request reserves its photos' share before decoding and waits while it is taken; None: a
+    # quarter of the memory (at least one photo at max_pixels).
+    decode_memory_bytes: int | None = Field(None, ge=1)
+    # Slow or stalled clients (`touchstone serve`, serving/slow_clients.py): a request's head
+    # must arrive within request_head_timeout seconds of the connection opening (or of the
+    # last response), else the connection is closed; its body within request_body_timeout
+    # seconds of the app starting to read it, else 408 and closed. An idle keep-alive
+    # connection closes after keep_alive_seconds; past limit_concurrency connections and
+    # requests in flight, new requests get 503.
+    request_head_timeout: float = Field(10.0, gt=0)
+    request_body_timeout: float = Field(120.0, gt=0)
+    keep_alive_seconds: int = Field(5, ge=1)
+    limit_concurrency: int = Field(256, ge=1)
     # Micro-batching (serving/batching.py).
     max_batch: int = Field(16, ge=1)
     max_wait_ms: float = Field(5.0, ge=0)
@@ -73,10 +96,35 @@ class Settings(BaseSettings):
     review_lease_seconds: float = Field(600.0, gt=0)
     blind_scores: bool = True
     sla_sweep_seconds: float = Field(30.0, gt=0)
+    # Member tokens (serving/member_tokens.py): the membership platform's public key as a PEM
+    # file, or its key set as a JWKS file (read at start, never fetched); None: no `app` call
+    # can be made. Tokens must be signed with one of the algorithms (asymmetric only), name
+    # the issuer and audience when these are set, and live at most max_lifetime seconds.
+    member_token_public_key: Path | None = None
+    member_token_jwks: Path | None = None
+    member_token_algorithms: tuple[str, ...] = ("RS256", "ES256", "EdDSA")
+    member_token_issuer: str | None = None
+    member_token_audience: str | None = None
+    member_token_leeway_seconds: float = Field(30.0, ge=0, le=300)
+    member_token_max_lifetime_seconds: float = Field(3600.0, gt=0)
+    # Submissions per member in any rolling hour, whatever the key (429 `rate_limited` after).
+    member_submissions_per_hour: int = Field(30, ge=1)
 
     _policy: PolicyConfig = PrivateAttr(default_factory=PolicyConfig)
     _benefits: BenefitsConfig = PrivateAttr(default_factory=BenefitsConfig)
     _outbox: OutboxConfig = PrivateAttr(default_factory=OutboxConfig)
+    _member_tokens: MemberTokens | None = PrivateAttr(default=None)
+
+    @field_validator("certificate_key")
+    @classmethod
+    def _usable_certificate_key(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            load_signing_key(value)  # CertificateKeyError (a ValueError) names the file
+        return value
+
+    def certificate_signing_key(self) -> Ed25519PrivateKey | None:
+        """The key that signs the chain's head; None when none is configured."""
+        return None if self.certificate_key is None else load_signing_key(self.certificate_key)
 
     @field_validator("photo_key")
     @classmethod
@@ -99,6 +147,33 @@ class Settings(BaseSettings):
             update={"webhooks": [_with_secret(hook) for hook in outbox.webhooks]}
         )
         return self
+
+    @field_validator("member_token_algorithms")
+    @classmethod
+    def _asymmetric_only(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # A symmetric algorithm would let anyone holding the public key make tokens.
+        unknown = [name for name in value if name not in ASYMMETRIC]
+        if unknown or not value:
+            raise ValueError(f"use some of {', '.join(ASYMMETRIC)}, not {', '.join(unknown)}")
+        return value
+
+    @model_validator(mode="after")
+    def _load_member_tokens(self) -> Settings:
+        self._member_tokens = MemberTokens.load(
+            self.member_token_public_key,
+            self.member_token_jwks,
+            self.member_token_algorithms,
+            self.member_token_issuer,
+            self.member_token_audience,
+            self.member_token_leeway_seconds,
+            self.member_token_max_lifetime_seconds,
+        )  # MemberTokenKeyError (a ValueError) names the setting
+        return self
+
+    @property
+    def member_tokens(self) -> MemberTokens | None:
+        """The member-token verifier; None when no key is configured."""
+        return self._member_tokens
 
     @property
     def policy_config(self) -> PolicyConfig:

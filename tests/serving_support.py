@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import os
 import signal
@@ -16,6 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from PIL import Image
 
 from touchstone.data.manifest import load_manifest
@@ -45,24 +49,62 @@ def postgres_database() -> Iterator[str]:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+class MemberTokens:
+    """The membership platform's side of member tokens: a key pair made in the test; the server
+    trusts the public half (a PEM file)."""
+
+    def __init__(self, public_file: Path) -> None:
+        self.private_key = Ed25519PrivateKey.generate()
+        self.public_file = public_file
+        public_file.write_bytes(
+            self.private_key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+
+    def token(
+        self,
+        member: str,
+        lifetime: float = 600,
+        issued_at: float | None = None,
+        signing_key: object = None,
+        algorithm: str = "EdDSA",
+        **claims: object,
+    ) -> str:
+        issued = time.time() if issued_at is None else issued_at
+        payload = {"sub": member, "iat": int(issued), "exp": int(issued + lifetime), **claims}
+        return jwt.encode(payload, signing_key or self.private_key, algorithm=algorithm)  # type: ignore[arg-type]
+
+
 @dataclass
 class Server:
     url: str
     process: subprocess.Popen
     data_dir: Path
     database_url: str | None
+    member_tokens: MemberTokens | None = None
 
     def client(self, key: str | None = None, timeout: float = 60) -> httpx.Client:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
 
-    def key(self, role: str) -> str:
+    def member_token(self, member: str, **options: object) -> str:
+        assert self.member_tokens is not None, "this server trusts no member-token key"
+        return self.member_tokens.token(member, **options)  # type: ignore[arg-type]
+
+    def member_client(self, member: str, key: str | None = None) -> httpx.Client:
+        """The members' app calling for `member`: an `app` key and the member's token."""
+        client = self.client(key or self.key("app"))
+        client.headers["X-Member-Token"] = self.member_token(member)
+        return client
+
+    def key(self, role: str, expires_at: dt.datetime | None = None) -> str:
         from serving.auth import create_key
         from serving.db import default_database_url, make_engine, make_sessionmaker
 
         engine = make_engine(self.database_url or default_database_url(self.data_dir))
         with make_sessionmaker(engine)() as session:
-            key = create_key(session, role)
+            key = create_key(session, role, expires_at=expires_at)
         engine.dispose()
         return key
 
@@ -78,7 +120,10 @@ def start_server(
     policy: Path | None = None,
     extra: list[str] | None = None,
     wait_ready: bool = True,
+    env: dict[str, str] | None = None,
 ) -> Server:
+    """A server in its own process; it trusts a member-token key made here (`Server.member_token`)
+    unless `env` names its own; `env` adds TOUCHSTONE_* settings."""
     port = free_port()
     args = [TOUCHSTONE, "serve", "--port", str(port), "--data-dir", str(data_dir)]
     if model is not None:
@@ -86,14 +131,20 @@ def start_server(
     if policy is not None:
         args += ["--policy", str(policy)]
     args += extra or []
-    env = dict(os.environ)
-    env.pop("TOUCHSTONE_DATABASE_URL", None)
-    if database_url:
-        env["TOUCHSTONE_DATABASE_URL"] = database_url
-    log = open(data_dir.parent / f"server-{port}.log", "w")  # noqa: SIM115 (kept for the process)
+    # Tests about other things are not held back by the submissions limit.
+    settings = {"TOUCHSTONE_MEMBER_SUBMISSIONS_PER_HOUR": "1000000", **(env or {})}
     data_dir.mkdir(parents=True, exist_ok=True)
-    process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
-    server = Server(f"http://127.0.0.1:{port}", process, data_dir, database_url)
+    tokens = None
+    if not {"TOUCHSTONE_MEMBER_TOKEN_PUBLIC_KEY", "TOUCHSTONE_MEMBER_TOKEN_JWKS"} & set(settings):
+        tokens = MemberTokens(data_dir.parent / f"member-token-key-{port}.pem")
+        settings["TOUCHSTONE_MEMBER_TOKEN_PUBLIC_KEY"] = str(tokens.public_file)
+    environment = {**os.environ, **settings}
+    environment.pop("TOUCHSTONE_DATABASE_URL", None)
+    if database_url:
+        environment["TOUCHSTONE_DATABASE_URL"] = database_url
+    log = open(data_dir.parent / f"server-{port}.log", "w")  # noqa: SIM115 (kept for the process)
+    process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=environment)
+    server = Server(f"http://127.0.0.1:{port}", process, data_dir, database_url, tokens)
     deadline = time.monotonic() + 90
     path = "/readyz" if (wait_ready and model is not None) else "/healthz"
     while time.monotonic() < deadline:
@@ -145,3 +196,11 @@ def item_photos(manifest: Path, index: int = 0) -> list[tuple[str, tuple[str, by
 
 def form(member: str = "m-1", tier: str = "explorer", **extra: str) -> dict[str, str]:
     return {"member_id": member, "member_tier": tier, "category": "bag", **extra}
+
+
+def announce(server: Server, member: str, tier: str) -> None:
+    """The membership platform sets the member's tier (`PUT /v1/members/{id}`): the only way a
+    member is anything but an explorer; a form's `member_tier` must then agree with it."""
+    with server.client(server.key("platform")) as client:
+        answer = client.put(f"/v1/members/{member}", json={"tier": tier})
+    assert answer.status_code == 200, answer.text

@@ -106,7 +106,10 @@ def test_the_serve_install_alone_appraises_an_item(
             assert time.monotonic() < deadline, "not ready in 90 s"
             time.sleep(0.3)
         created = run(
-            [bin_ / "touchstone", "admin", "create-key", "--role", "app", "--data-dir", data],
+            [
+                *(bin_ / "touchstone", "admin", "create-key"),
+                *("--role", "member_backend", "--data-dir", data),
+            ],
             cwd=workdir,
         )
         assert created.returncode == 0, said(created)

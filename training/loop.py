@@ -7,6 +7,7 @@ here; `run_setup` builds what it runs, `steps` trains an epoch, `validation` sco
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from rich.console import Console
@@ -38,10 +39,13 @@ def train(
     out: Path,
     resume: bool = False,
     console: Console | None = None,
+    leave_out: frozenset[str] = frozenset(),
 ) -> TrainResult:
+    """Train on the manifest's rows, less those of the items in `leave_out` (items of members
+    erased since the manifest was exported: `touchstone train` asks the service's database)."""
     world = init_world()
     try:
-        trainer = Trainer(config, Path(manifest), Path(out), world, console or Console())
+        trainer = Trainer(config, Path(manifest), Path(out), world, console or Console(), leave_out)
         return trainer.run(resume)
     finally:
         shutdown(world)
@@ -49,11 +53,20 @@ def train(
 
 class Trainer:
     def __init__(
-        self, config: TrainConfig, manifest_path: Path, out: Path, world: World, console: Console
+        self,
+        config: TrainConfig,
+        manifest_path: Path,
+        out: Path,
+        world: World,
+        console: Console,
+        leave_out: frozenset[str] = frozenset(),
     ) -> None:
         # Every rank starts from the same weights; their augmentations differ (loader seed).
         seed_everything(config.seed, cuda=world.device.type == "cuda")
         manifest = load_manifest(manifest_path)
+        if leave_out:
+            kept = [r for r in manifest.records if r.item_id not in leave_out]
+            manifest = dataclasses.replace(manifest, records=kept)
         splits = split_records(manifest, config)
         self.context = RunContext(config, world, manifest, splits, out, console)
         self.parts = build_parts(self.context)

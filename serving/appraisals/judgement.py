@@ -7,6 +7,7 @@ import asyncio
 import random
 from dataclasses import dataclass
 
+from serving.appraisals.status import Status
 from serving.appraisals.uploads import AppraisalRequest, PhotoUpload
 from serving.batching import QueueFull
 from serving.errors import ApiError
@@ -30,11 +31,10 @@ class Judgement:
     model_outcome: str | None = None  # what the model alone would have decided
 
     def columns(self) -> dict[str, object]:
+        """The appraisal's columns this judgement sets; its status, outcome and path are the
+        state machine's to write (`status.move`)."""
         card = self.runtime.card if self.runtime else None
         return {
-            "status": self.decision.status,
-            "outcome": self.decision.outcome,
-            "path": self.decision.path,
             "p_authentic": self.p_authentic,
             "rule": self.decision.rule,
             "reasons": list(self.decision.reasons),
@@ -97,7 +97,7 @@ async def judge(
         # The member has tried enough times: a person decides from what there is.
         high_value = (request.declared_value or 0) > policy.high_value_cny
         decision = RoutingDecision(
-            status="in_review",
+            status=Status.IN_REVIEW,
             outcome=None,
             path="human",
             rule="photos_exhausted",

@@ -1,32 +1,51 @@
 """The appraisal service: the one place that writes appraisals, their photos and events.
 
-An upload is taken apart in this order, so that nothing acknowledged is ever lost: photos are
-decoded (a bad one is a 4xx before anything is kept), stored content-addressed with their
-metadata stripped (fsynced), scored through the micro-batcher when a model is ready, routed by
-the policy, and only then is the appraisal committed in one transaction. The 201 follows the
-commit. Idempotency keys make a retried upload return the appraisal it created the first time.
+An upload is taken apart in this order, so that nothing acknowledged is ever lost and nothing
+refused is ever kept: the memory its decoded photos take is reserved (`memory.py`), photos are
+decoded (a bad one is a 4xx before anything is kept) and
+checked, scored through the micro-batcher when a model is ready, and routed by the policy; only
+then, the upload accepted, are they stored content-addressed with their metadata stripped
+(fsynced), and the appraisal committed in one transaction (a failed commit deletes the files no
+row holds). The 201 follows the commit. Idempotency keys make a retried upload return the
+appraisal it created the first time. Status changes go through `status.move`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
+from dataclasses import replace
+from functools import partial
+from typing import TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, selectinload, sessionmaker
+from sqlalchemy.orm import selectinload, sessionmaker
 
+from serving.appraisals import gold
 from serving.appraisals.judgement import Judgement, judge
-from serving.appraisals.uploads import AppraisalRequest, PhotoUpload, photo_rows, prepare_photos
-from serving.db import Appraisal, AppraisalEvent, AuditEntry, utcnow
+from serving.appraisals.memory import MemoryBudget, process_budget
+from serving.appraisals.status import Status, allows, move
+from serving.appraisals.uploads import (
+    AppraisalRequest,
+    PhotoUpload,
+    decoded_photos,
+    discard_unreferenced,
+    photo_rows,
+    store_photos,
+)
+from serving.db import Appraisal, AuditEntry, utcnow
 from serving.errors import ApiError
 from serving.lifecycle import Lifecycle
 from serving.metrics import ServiceMetrics
 from serving.photos import PhotoStore
 from serving.policy.config import PolicyConfig
 from serving.policy.routing import RoutingDecision, sla_due
-from serving.review.tasks import MAX_PHOTO_ROUNDS, tasks_for
+from serving.review.tasks import MAX_PHOTO_ROUNDS, REVIEWER_ASKED_FOR_PHOTOS
 from serving.runtime import ModelManager
+
+T = TypeVar("T")
 
 
 class AppraisalService:
@@ -39,6 +58,7 @@ class AppraisalService:
         metrics: ServiceMetrics,
         lifecycle: Lifecycle,
         max_pixels: int,
+        memory: MemoryBudget | None = None,
     ) -> None:
         self.sessions = sessions
         self.store = store
@@ -47,6 +67,7 @@ class AppraisalService:
         self.metrics = metrics
         self.lifecycle = lifecycle
         self.max_pixels = max_pixels
+        self.memory = memory or process_budget()  # held from decoding to the commit
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -77,47 +98,52 @@ class AppraisalService:
             existing = await asyncio.to_thread(self._replay, request.idempotency_key, fingerprint)
             if existing is not None:
                 return existing, False
-        await prepare_photos(request.photos, self.store, self.policy, self.max_pixels)
-        async with self.models.use() as runtime:
-            judgement = await judge(request, request.photos, runtime, self.policy, self.metrics)
-        created = await asyncio.to_thread(self._insert, request, fingerprint, judgement)
-        if created is None:  # a concurrent retry with the same key committed first
+        try:
+            async with decoded_photos(request.photos, self.memory, self.policy, self.max_pixels):
+                async with self.models.use() as runtime:
+                    judgement = await judge(
+                        request, request.photos, runtime, self.policy, self.metrics
+                    )
+                created = await self._commit(
+                    request.photos, partial(self._insert, request, fingerprint, judgement)
+                )
+        except _KeyTaken:  # a concurrent retry with the same key committed first
             existing = await asyncio.to_thread(self._replay, request.idempotency_key, fingerprint)
-            assert existing is not None
+            if existing is None:
+                raise _write_conflict() from None
             return existing, False
         self._count(judgement.decision)
         return created, True
 
-    async def create_gold(self, request: AppraisalRequest, truth: str) -> Appraisal:
-        """An item with a known truth for the review queue. It looks like any other task to
-        reviewers (a member-like id, a generic reason), so their accuracy on it is honest."""
-        await prepare_photos(request.photos, self.store, self.policy, self.max_pixels)
-        async with self.models.use() as runtime:
-            judgement = await judge(request, request.photos, runtime, self.policy, self.metrics)
-        judgement.decision = RoutingDecision(
-            status="in_review",
-            outcome=None,
-            path="human",
-            rule="gold",
-            reasons=["the model is not sure enough to decide alone"],
-            reviews_required=1,
-            sla_hours=self.policy.sla_for(request.member_tier),
-        )
-        created = await asyncio.to_thread(
-            self._insert, request, request.fingerprint(), judgement, truth
-        )
-        assert created is not None
-        return created
+    async def create_gold(
+        self, photos: list[PhotoUpload], truth: str, category: str | None, brand: str | None
+    ) -> Appraisal:
+        """An item with a known truth for the review queue that reviewers cannot tell from a
+        member's but by its photos (`serving.appraisals.gold`: its member's fields are drawn
+        from real traffic and the policy routes it), so their accuracy on it is honest."""
+        async with decoded_photos(photos, self.memory, self.policy, self.max_pixels):
+            request = await asyncio.to_thread(
+                gold.gold_request, self.sessions, self.policy, photos, category, brand
+            )
+            async with self.models.use() as runtime:
+                judgement = await judge(request, request.photos, runtime, self.policy, self.metrics)
+            judgement.decision = gold.review_decision(judgement, request, self.policy)
+            write = partial(self._insert, request, request.fingerprint(), judgement, truth)
+            return await self._commit(request.photos, write)
 
     async def add_photos(self, appraisal_id: str, photos: list[PhotoUpload]) -> Appraisal:
         appraisal = await asyncio.to_thread(self.get, appraisal_id)
-        if appraisal.status != "awaiting_photos":
+        if not allows(appraisal.status, "photos_added"):
             raise ApiError(
                 409,
                 "invalid_state",
                 f"appraisal {appraisal_id} is {appraisal.status}, not awaiting photos",
             )
-        await prepare_photos(photos, self.store, self.policy, self.max_pixels)
+        async with decoded_photos(photos, self.memory, self.policy, self.max_pixels):
+            return await self._add_photos(appraisal, photos)
+
+    async def _add_photos(self, appraisal: Appraisal, photos: list[PhotoUpload]) -> Appraisal:
+        appraisal_id = appraisal.id
         round_ = appraisal.photo_rounds + 1
         earlier = [
             PhotoUpload(p.region, b"", usable=True, log_odds=p.log_odds)
@@ -143,20 +169,24 @@ class AppraisalService:
                 earlier=earlier,
                 last_round=round_ >= MAX_PHOTO_ROUNDS,
             )
-        if appraisal.rule == "reviewer_needs_more_photos" and judgement.decision.status != (
-            "awaiting_photos"
-        ):
-            # A reviewer asked for these photos: a reviewer decides, whatever the model says.
-            judgement.decision = RoutingDecision(
-                status="in_review",
-                outcome=None,
-                path="human",
-                rule="photos_for_reviewer",
-                reasons=["new photos for the reviewer who asked for them"],
-                reviews_required=max(1, appraisal.reviews_required),
-                sla_hours=self.policy.sla_for(appraisal.member_tier),
-            )
-        updated = await asyncio.to_thread(self._update, appraisal_id, photos, round_, judgement)
+        if appraisal.rule == REVIEWER_ASKED_FOR_PHOTOS:
+            # A reviewer asked for these photos: a reviewer decides, whatever the model says;
+            # and while they are still not usable, the reviewer still waits for them.
+            if judgement.decision.status == Status.AWAITING_PHOTOS:
+                judgement.decision = replace(judgement.decision, rule=REVIEWER_ASKED_FOR_PHOTOS)
+            else:
+                judgement.decision = RoutingDecision(
+                    status=Status.IN_REVIEW,
+                    outcome=None,
+                    path="human",
+                    rule="photos_for_reviewer",
+                    reasons=["new photos for the reviewer who asked for them"],
+                    reviews_required=max(1, appraisal.reviews_required),
+                    sla_hours=self.policy.sla_for(appraisal.member_tier),
+                )
+        updated = await self._commit(
+            photos, partial(self._update, appraisal_id, photos, round_, judgement)
+        )
         self._count(judgement.decision)
         return updated
 
@@ -166,33 +196,30 @@ class AppraisalService:
                 appraisal = session.get(Appraisal, appraisal_id, with_for_update=True)
                 if appraisal is None:
                     raise ApiError(404, "not_found", f"no appraisal {appraisal_id}")
-                if appraisal.status != "decided" or appraisal.path != "auto":
+                if not allows(appraisal.status, "human_review_requested"):
                     raise ApiError(
                         409,
                         "invalid_state",
                         f"appraisal {appraisal_id} is {appraisal.status}; only an automated "
                         "decision can be sent to a person",
                     )
-                appraisal.status, appraisal.path, appraisal.rule = (
-                    "in_review",
-                    "human",
-                    ("member_requested"),
-                )
+                appraisal.rule = "member_requested"
                 appraisal.reasons = [
                     *appraisal.reasons,
                     "the member asked for a person to review the automated result",
                 ]
                 appraisal.reviews_required = max(appraisal.reviews_required, 1)
-                appraisal.updated_at = utcnow()
-                session.add(
-                    AppraisalEvent(
-                        appraisal_id=appraisal.id,
-                        kind="human_review_requested",
-                        rule="member_requested",
-                        detail={},
-                    )
+                # The model's outcome stays until the person's verdict replaces it.
+                move(
+                    session,
+                    self.lifecycle,
+                    appraisal,
+                    Status.IN_REVIEW,
+                    event="human_review_requested",
+                    rule="member_requested",
+                    outcome=appraisal.outcome,
+                    path="human",
                 )
-                session.add_all(tasks_for(appraisal))
             return self.get(appraisal_id)
 
         return await asyncio.to_thread(write)
@@ -204,7 +231,7 @@ class AppraisalService:
             appraisal = session.get(Appraisal, appraisal_id, with_for_update=True)
             if appraisal is None:
                 raise ApiError(404, "not_found", f"no appraisal {appraisal_id}")
-            if appraisal.status not in ("finalized", "decided") or appraisal.outcome is None:
+            if appraisal.outcome is None or not allows(appraisal.status, "overturned"):
                 raise ApiError(
                     409,
                     "invalid_state",
@@ -214,29 +241,35 @@ class AppraisalService:
             previous = appraisal.outcome
             if previous == outcome:
                 raise ApiError(409, "invalid_state", f"the verdict is already {previous}")
-            now = utcnow()
-            appraisal.outcome, appraisal.status, appraisal.path = outcome, "finalized", "human"
-            appraisal.finalized_at = appraisal.finalized_at or now
-            appraisal.updated_at = now
             detail = {"previous": previous, "outcome": outcome, "reason": reason}
-            session.add(
-                AppraisalEvent(
-                    appraisal_id=appraisal.id,
-                    kind="overturned",
-                    rule="overturn",
-                    detail={**detail, "by": actor},
-                )
-            )
             session.add(
                 AuditEntry(actor=actor, action="overturn", appraisal_id=appraisal.id, detail=detail)
             )
-            session.flush()
-            self.lifecycle.emit(
-                session, "appraisal.overturned", appraisal, previous=previous, reason=reason
+            move(
+                session,
+                self.lifecycle,
+                appraisal,
+                Status.FINALIZED,
+                event="overturned",
+                rule="overturn",
+                outcome=outcome,
+                path="human",
+                detail={**detail, "by": actor},
             )
         return self.get(appraisal_id)
 
     # -- the steps ---------------------------------------------------------------------------
+
+    async def _commit(self, photos: list[PhotoUpload], write: Callable[[], T]) -> T:
+        """Store an accepted upload's photos, then commit its rows with `write`; if that fails,
+        delete the files no committed row references. (A cancelled request leaves them: its
+        write may still commit in its thread; the orphan sweep takes any left behind.)"""
+        try:
+            await store_photos(photos, self.store)
+            return await asyncio.to_thread(write)
+        except Exception:
+            await asyncio.to_thread(discard_unreferenced, self.sessions, self.store, photos)
+            raise
 
     def _replay(self, key: str | None, fingerprint: str) -> Appraisal | None:
         with self.sessions() as session:
@@ -257,8 +290,9 @@ class AppraisalService:
         fingerprint: str,
         judgement: Judgement,
         gold_outcome: str | None = None,
-    ) -> Appraisal | None:
+    ) -> Appraisal:
         now = utcnow()
+        decision = judgement.decision
         appraisal = Appraisal(
             id=str(uuid.uuid4()),
             member_id=request.member_id,
@@ -277,20 +311,30 @@ class AppraisalService:
             **judgement.columns(),
         )
         appraisal.photos = photo_rows(request.photos, 1, judgement.runtime)
-        appraisal.events = [_event("created", judgement.decision)]
         try:
             with self.sessions() as session, session.begin():
-                session.add(appraisal)
-                if appraisal.status == "in_review":
-                    session.add_all(tasks_for(appraisal))
-                session.flush()
-                self.lifecycle.emit(session, "appraisal.created", appraisal)
-                self._announce_decision(session, appraisal)
-        except IntegrityError:
-            if request.idempotency_key:
-                return None
-            raise
+                move(
+                    session,
+                    self.lifecycle,
+                    appraisal,
+                    decision.status,
+                    event="created",
+                    rule=decision.rule,
+                    outcome=decision.outcome,
+                    path=decision.path,
+                    now=now,
+                )
+        except IntegrityError as exc:
+            key = request.idempotency_key
+            if key and self._key_taken(key):
+                raise _KeyTaken from exc
+            raise _write_conflict() from exc
         return self.get(appraisal.id)
+
+    def _key_taken(self, key: str) -> bool:
+        with self.sessions() as session:
+            taken = session.scalar(select(Appraisal.id).where(Appraisal.idempotency_key == key))
+        return taken is not None
 
     def _update(
         self,
@@ -299,34 +343,35 @@ class AppraisalService:
         round_: int,
         judgement: Judgement,
     ) -> Appraisal:
+        decision = judgement.decision
         with self.sessions() as session, session.begin():
             appraisal = session.get(Appraisal, appraisal_id, with_for_update=True)
-            if appraisal is None or appraisal.status != "awaiting_photos":
+            # Under the lock: a round added since this one was numbered leaves the status alike.
+            if (
+                appraisal is None
+                or not allows(appraisal.status, "photos_added")
+                or appraisal.photo_rounds != round_ - 1
+            ):
                 raise ApiError(409, "invalid_state", "the appraisal changed meanwhile; reload it")
             for name, value in judgement.columns().items():
                 if name in ("model_name", "model_version") and value is None:
                     continue
                 setattr(appraisal, name, value)
             appraisal.photo_rounds = round_
-            appraisal.updated_at = utcnow()
             for row in photo_rows(photos, round_, judgement.runtime):
                 row.appraisal_id = appraisal.id
                 session.add(row)
-            event = _event("photos_added", judgement.decision)
-            event.appraisal_id = appraisal.id
-            session.add(event)
-            if appraisal.status == "in_review":
-                session.add_all(tasks_for(appraisal))
-            session.flush()
-            self._announce_decision(session, appraisal)
+            move(
+                session,
+                self.lifecycle,
+                appraisal,
+                decision.status,
+                event="photos_added",
+                rule=decision.rule,
+                outcome=decision.outcome,
+                path=decision.path,
+            )
         return self.get(appraisal_id)
-
-    def _announce_decision(self, session: Session, appraisal: Appraisal) -> None:
-        """A decision the model took alone is also the final verdict, unless a person later
-        overturns it."""
-        if appraisal.status == "decided":
-            self.lifecycle.emit(session, "appraisal.decided", appraisal)
-            self.lifecycle.emit(session, "appraisal.finalized", appraisal)
 
     def _count(self, decision: RoutingDecision) -> None:
         self.metrics.decisions.labels(
@@ -334,13 +379,19 @@ class AppraisalService:
         ).inc()
 
 
+class _KeyTaken(Exception):
+    """The insert lost to a concurrent upload with the same idempotency key."""
+
+
+def _write_conflict() -> ApiError:
+    # Not a client mistake and not the idempotency key's: a concurrent write broke a
+    # constraint. Retrying (with the same key, if any) is safe.
+    return ApiError(
+        409,
+        "write_conflict",
+        "the appraisal could not be stored because of a concurrent change; retry the request",
+    )
+
+
 def _with_photos():  # -> Select[tuple[Appraisal]]
     return select(Appraisal).options(selectinload(Appraisal.photos))
-
-
-def _event(kind: str, decision: RoutingDecision) -> AppraisalEvent:
-    return AppraisalEvent(
-        kind=kind,
-        rule=decision.rule,
-        detail={"status": decision.status, "outcome": decision.outcome, "path": decision.path},
-    )

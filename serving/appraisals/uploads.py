@@ -1,17 +1,25 @@
 """An upload as the appraisal service takes it: the member's fields, photo parts named by
 region, and the idempotency key that makes a retried upload return the first appraisal; then
-its photos decoded, stored without metadata and checked (`prepare_photos`), and their rows."""
+its photos decoded and checked (`prepare_photos`) while the memory they take decoded is held
+(`decoded_photos`), stored without metadata once the upload is accepted (`store_photos`),
+deleted again if it then fails to commit (`discard_unreferenced`), and their rows."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
+import logging
 import re
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from PIL import Image
+from sqlalchemy import select
+from sqlalchemy.orm import sessionmaker
 
+from serving.appraisals.memory import BYTES_PER_PIXEL, MemoryBudget
 from serving.db import Photo
 from serving.errors import ApiError
 from serving.photos import PhotoStore, StoredPhoto
@@ -19,8 +27,9 @@ from serving.policy.config import PolicyConfig
 from serving.policy.photo_quality import assess_photo
 from serving.runtime import ModelRuntime
 from touchstone.decision import photo_probability
-from touchstone.imaging import PhotoError, decode_photo
+from touchstone.imaging import PhotoError, decode_photo, photo_pixels
 
+log = logging.getLogger("touchstone.serving")
 IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9._:\-]{8,255}$")
 
 
@@ -28,7 +37,9 @@ IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9._:\-]{8,255}$")
 class PhotoUpload:
     region: str
     data: bytes
-    image: Image.Image | None = None
+    image: Image.Image | None = None  # decoded; dropped once stored
+    width: int = 0
+    height: int = 0
     stored: StoredPhoto | None = None
     usable: bool = True
     problems: list[str] = field(default_factory=list)
@@ -70,37 +81,119 @@ def check_idempotency_key(value: str | None) -> str | None:
     return value
 
 
-async def prepare_photos(
-    photos: list[PhotoUpload], store: PhotoStore, policy: PolicyConfig, max_pixels: int
-) -> None:
-    """Decode, store and assess each photo; any undecodable photo refuses the upload."""
+@contextlib.asynccontextmanager
+async def decoded_photos(
+    photos: list[PhotoUpload], budget: MemoryBudget, policy: PolicyConfig, max_pixels: int
+) -> AsyncIterator[None]:
+    """The photos decoded and assessed (`prepare_photos`) for the block, with the memory they
+    take reserved from `budget` first (reckoned from their headers) and held until the block
+    ends, their pixels dropped before it is given back. A photo whose header is refused is
+    refused as `prepare_photos` would; photos that together need more than the whole budget
+    are a 413 `over_decode_memory`."""
+
+    def pixels() -> int:
+        total = 0
+        for photo in photos:
+            try:
+                total += photo_pixels(photo.data, max_pixels=max_pixels)
+            except PhotoError as exc:
+                raise _refusal(photo, exc) from exc
+        return total
+
+    size = await asyncio.to_thread(pixels) * BYTES_PER_PIXEL
+    if size > budget.total:
+        raise ApiError(
+            413,
+            "over_decode_memory",
+            f"these photos take {size / 2**20:,.0f} MiB decoded; the service decodes at most "
+            f"{budget.total / 2**20:,.0f} MiB at once: send fewer or smaller photos",
+        )
+    async with budget.reserve(size):
+        try:
+            await prepare_photos(photos, policy, max_pixels)
+            yield
+        finally:
+            for photo in photos:
+                photo.image = None
+
+
+async def prepare_photos(photos: list[PhotoUpload], policy: PolicyConfig, max_pixels: int) -> None:
+    """Decode and assess each photo; any undecodable photo refuses the upload. Nothing is
+    written here: an upload may still be refused after this (by the model's queue, a conflict),
+    and a file no appraisal points at is one erasure never finds."""
 
     def one(photo: PhotoUpload) -> None:
         try:
             photo.image = decode_photo(photo.data, max_pixels=max_pixels)
         except PhotoError as exc:
-            status = 413 if exc.code == "too_many_pixels" else 422
-            raise ApiError(status, exc.code, f"{photo.region} photo: {exc}") from exc
-        photo.stored = store.put(photo.data, photo.image)
+            raise _refusal(photo, exc) from exc
+        photo.width, photo.height = photo.image.size
         quality = assess_photo(photo.image, policy)
         photo.usable, photo.problems = quality.usable, list(quality.problems)
 
-    await asyncio.gather(*(asyncio.to_thread(one, p) for p in photos))
+    await _each(one, photos)
+
+
+async def store_photos(photos: list[PhotoUpload], store: PhotoStore) -> None:
+    """Store each decoded photo without its metadata (fsynced), once the upload is accepted and
+    before its row commits, so a committed row never points at a missing file."""
+
+    def one(photo: PhotoUpload) -> None:
+        assert photo.image is not None, "prepare_photos decodes before anything is stored"
+        photo.stored = store.put(photo.data, photo.image)
+        photo.image = None  # its pixels are not needed any more: free them now
+
+    await _each(one, photos)
+
+
+def _refusal(photo: PhotoUpload, exc: PhotoError) -> ApiError:
+    status = {"too_many_pixels": 413, "unsupported_image_format": 415}.get(exc.code, 422)
+    return ApiError(status, exc.code, f"{photo.region} photo: {exc}")
+
+
+def discard_unreferenced(
+    sessions: sessionmaker, store: PhotoStore, photos: list[PhotoUpload]
+) -> None:
+    """After an upload failed to commit: delete the files stored for it, except those a
+    committed photo row references (the store is content-addressed, so another appraisal may
+    hold the same bytes). When the database cannot say, the files stay, for the orphan sweep."""
+    addresses = {p.stored.sha256 for p in photos if p.stored is not None}
+    if not addresses:
+        return
+    try:
+        with sessions() as session:
+            held = set(session.scalars(select(Photo.sha256).where(Photo.sha256.in_(addresses))))
+    except Exception:
+        log.exception("could not tell which stored photos are unreferenced; left in place")
+        return
+    for sha256 in sorted(addresses - held):
+        store.delete(sha256)
+
+
+async def _each(work: Callable[[PhotoUpload], None], photos: list[PhotoUpload]) -> None:
+    """`work` on every photo in threads; every one finishes before the first error is raised,
+    so nothing is still being written when the caller cleans up after a refusal."""
+    results = await asyncio.gather(
+        *(asyncio.to_thread(work, p) for p in photos), return_exceptions=True
+    )
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
 
 
 def photo_rows(photos: list[PhotoUpload], round_: int, runtime: ModelRuntime | None) -> list[Photo]:
     temperature = runtime.card.calibration.photo.temperature if runtime else None
     rows = []
     for photo in photos:
-        assert photo.stored is not None and photo.image is not None
+        assert photo.stored is not None
         rows.append(
             Photo(
                 round=round_,
                 region=photo.region,
                 sha256=photo.stored.sha256,
                 upload_sha256=photo.stored.upload_sha256,
-                width=photo.image.width,
-                height=photo.image.height,
+                width=photo.width,
+                height=photo.height,
                 usable=photo.usable,
                 problems=photo.problems,
                 log_odds=photo.log_odds,

@@ -10,6 +10,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, field_validator
 
 from touchstone.config_files import ConfigFileError, load_yaml_model
+from touchstone.vocabulary import TIERS, check_tier_names
 
 
 class BenefitsError(ValueError):
@@ -20,7 +21,7 @@ class BenefitsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     timezone: str = "Asia/Shanghai"
-    # None: unlimited. A tier not listed gets no free appraisals.
+    # None: unlimited. Every tier of the vocabulary is listed, and no other (checked at load).
     free_appraisals_per_month: dict[str, NonNegativeInt | None] = Field(
         default_factory=lambda: {
             "explorer": 0,
@@ -51,9 +52,24 @@ class BenefitsConfig(BaseModel):
             raise ValueError(f"unknown time zone {value!r}") from exc
         return value
 
+    @field_validator("free_appraisals_per_month")
+    @classmethod
+    def _quota_for_every_tier(cls, value: dict[str, int | None]) -> dict[str, int | None]:
+        check_tier_names(value, "free_appraisals_per_month", every=True)
+        return value
+
+    @field_validator("joining_discount_tiers")
+    @classmethod
+    def _known_joining_tiers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        check_tier_names(value, "joining_discount_tiers")
+        return value
+
     def free_per_month(self, tier: str) -> int | None:
-        """The tier's free appraisals a month: None is unlimited."""
-        return self.free_appraisals_per_month.get(tier, 0)
+        """The tier's free appraisals a month: None is unlimited. An unknown tier is an error,
+        never a silent zero."""
+        if tier not in TIERS:
+            raise ValueError(f"unknown member tier {tier!r}; the tiers are {', '.join(TIERS)}")
+        return self.free_appraisals_per_month[tier]
 
     @property
     def zone(self) -> zoneinfo.ZoneInfo:

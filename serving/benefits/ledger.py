@@ -25,6 +25,7 @@ platform (`serving.outbox.events`) are written in the caller's transaction.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -35,9 +36,25 @@ from sqlalchemy.orm import Session
 from serving.benefits.config import BenefitsConfig
 from serving.db import LedgerEntry, Member, as_utc, iso_utc, utcnow
 from serving.outbox.events import record
+from touchstone.vocabulary import DEFAULT_TIER
 
 ASSETS = ("free_appraisal", "appraisal_coupon", "discount_coupon", "compensation_cny", "points")
 DEFINITE = ("authentic", "counterfeit")
+_MONTH = re.compile(r"(\d{4})-(\d{2})", re.ASCII)
+
+
+class InvalidMonth(ValueError):
+    """A month not written YYYY-MM (the API answers 422 `invalid_month`, the commands exit 2)."""
+
+
+def parse_month(text: str) -> str:
+    """The month `text` names, written YYYY-MM, or InvalidMonth. The one reader of a month from
+    outside: strict, because a month is part of idempotency keys (`member:{id}:close:{month}`),
+    so `2026-1` and `2026-001` must not pass for `2026-01` and be banked again."""
+    match = _MONTH.fullmatch(text)
+    if match is None or not 1 <= int(match[2]) <= 12 or not 1900 <= int(match[1]) <= 9998:
+        raise InvalidMonth(f"a month is YYYY-MM (e.g. 2026-01, from 1900 to 9998), not {text!r}")
+    return f"{int(match[1]):04d}-{int(match[2]):02d}"
 
 
 @dataclass
@@ -64,13 +81,11 @@ class Ledger:
         return as_utc(when).astimezone(self.config.zone).strftime("%Y-%m")
 
     def month_bounds(self, month: str) -> tuple[dt.datetime, dt.datetime]:
-        """Start and end (exclusive, UTC) of a YYYY-MM month in the members' time zone."""
+        """Start and end (exclusive, UTC) of a YYYY-MM month in the members' time zone
+        (InvalidMonth if it is not written so)."""
         zone = self.config.zone
-        try:
-            year, number = (int(part) for part in month.split("-"))
-            start = dt.datetime(year, number, 1, tzinfo=zone)
-        except ValueError as exc:
-            raise ValueError(f"a month is YYYY-MM, not {month!r}") from exc
+        year, number = (int(part) for part in parse_month(month).split("-"))
+        start = dt.datetime(year, number, 1, tzinfo=zone)
         end = dt.datetime(year + number // 12, number % 12 + 1, 1, tzinfo=zone)
         return start.astimezone(dt.UTC), end.astimezone(dt.UTC)
 
@@ -143,9 +158,10 @@ class Ledger:
 
     # -- members ----------------------------------------------------------------------------------
 
-    def lock_member(self, session: Session, member_id: str, tier: str) -> Member:
-        """The member's row, locked until the transaction ends; created with `tier` if absent (a
-        new member of a welcome tier gets the joining discount coupon)."""
+    def lock_member(self, session: Session, member_id: str) -> Member:
+        """The member's row, locked until the transaction ends; created if absent, as an
+        explorer and with nothing granted: only the membership platform announces a member and
+        sets a tier (`BenefitsService.set_tier`), never an app naming an id."""
         now = self.clock()
         if session.get_bind().dialect.name == "postgresql":
             from sqlalchemy.dialects.postgresql import insert
@@ -153,10 +169,10 @@ class Ledger:
             from sqlalchemy.dialects.sqlite import insert
         statement = (
             insert(Member)
-            .values(id=member_id, tier=tier, created_at=now, updated_at=now)
+            .values(id=member_id, tier=DEFAULT_TIER, created_at=now, updated_at=now)
             .on_conflict_do_nothing(index_elements=["id"])
         )
-        created = session.execute(statement).rowcount == 1
+        session.execute(statement)
         member = session.scalar(
             select(Member)
             .where(Member.id == member_id)
@@ -164,8 +180,13 @@ class Ledger:
             .execution_options(populate_existing=True)
         )
         assert member is not None
+        return member
+
+    def welcome(self, session: Session, member_id: str, tier: str) -> None:
+        """The joining discount coupon, for a member the platform announces at a welcome tier
+        (once: the key is the member's)."""
         cfg = self.config
-        if created and tier in cfg.joining_discount_tiers and cfg.joining_discount_cny > 0:
+        if tier in cfg.joining_discount_tiers and cfg.joining_discount_cny > 0:
             self.post(
                 session,
                 member_id,
@@ -175,7 +196,6 @@ class Ledger:
                 f"member:{member_id}:joining",
                 detail={"value_cny": cfg.joining_discount_cny},
             )
-        return member
 
     def ensure_quota(self, session: Session, member_id: str, month: str, tier: str) -> None:
         """Grant the month's free quota of `tier`, or top it up to it (a higher tier reached

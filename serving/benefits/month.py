@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
-from serving.benefits.ledger import Ledger, balance, closed
+from serving.benefits.ledger import Ledger, balance, closed, parse_month
+from serving.benefits.tiers import tier_of_month
 from serving.db import Member, iso_utc
 
 
@@ -41,8 +42,10 @@ def close_month(
     now: dt.datetime | None = None,
     member_ids: Iterable[str] | None = None,
 ) -> MonthClose:
-    """Bank each member's unused free appraisals of `month` as points; safe to run twice (a
-    member's close is one entry keyed by member and month). Also posts due point expiries."""
+    """Bank each member's unused free appraisals of `month` (YYYY-MM, else InvalidMonth) as
+    points, with the tier they held at the month's end; safe to run twice (a member's close is
+    one entry keyed by member and month, the month as parsed). Also posts due point expiries."""
+    month = parse_month(month)
     now = now or ledger.clock()
     _, end = ledger.month_bounds(month)
     if now < end:
@@ -50,12 +53,12 @@ def close_month(
     totals = MonthClose(month=month)
     for member_id in _members(sessions, member_ids, joined_before=end):
         with sessions() as session, session.begin():
-            member = ledger.lock_member(session, member_id, "explorer")
+            ledger.lock_member(session, member_id)
             _count_expiries(totals, *ledger.expire_points(session, member_id, now))
             if closed(session, member_id, month):
                 continue
             # A member who never needed this month's quota still had it.
-            ledger.ensure_quota(session, member_id, month, member.tier)
+            ledger.ensure_quota(session, member_id, month, tier_of_month(session, member_id, end))
             unused = max(0, balance(session, member_id, "free_appraisal", month))
             ledger.post(
                 session,
@@ -93,7 +96,7 @@ def expire_points(
     totals = Expiries()
     for member_id in _members(sessions, member_ids):
         with sessions() as session, session.begin():
-            ledger.lock_member(session, member_id, "explorer")
+            ledger.lock_member(session, member_id)
             _count_expiries(totals, *ledger.expire_points(session, member_id, now))
     return totals
 

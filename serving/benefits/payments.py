@@ -26,7 +26,7 @@ class Payments:
         if appraisal.is_gold or session.get(AppraisalPayment, appraisal.id) is not None:
             return
         member_id = appraisal.member_id
-        self.ledger.lock_member(session, member_id, appraisal.member_tier)
+        self.ledger.lock_member(session, member_id)
         now = self.ledger.clock()
         method, price, entry = self._reserve(session, appraisal, now)
         session.add(
@@ -153,7 +153,7 @@ class Payments:
             return
         cfg = self.ledger.config
         member_id, base = payment.member_id, f"appraisal:{appraisal.id}"
-        self.ledger.lock_member(session, member_id, appraisal.member_tier)
+        self.ledger.lock_member(session, member_id)
         session.refresh(payment, with_for_update=True)
         if payment.status != "reserved":
             return
@@ -201,7 +201,7 @@ class Payments:
             return
         cfg = self.ledger.config
         member_id, base = payment.member_id, f"appraisal:{appraisal.id}"
-        self.ledger.lock_member(session, member_id, appraisal.member_tier)
+        self.ledger.lock_member(session, member_id)
         session.refresh(payment, with_for_update=True)
         why = {"previous": previous, "outcome": appraisal.outcome}
         if cfg.overturn_refund and payment.status == "consumed":

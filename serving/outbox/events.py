@@ -10,9 +10,10 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from serving.db import Appraisal, OutboxEvent, ReviewTask, iso_utc, utcnow
+from serving.db import Appraisal, ErasedMember, OutboxEvent, ReviewTask, iso_utc, utcnow
 
 EVENT_KINDS = (
     "appraisal.decided",
@@ -25,6 +26,16 @@ EVENT_KINDS = (
     "sla.breached",
     "points.expiring",
 )
+# Events about an appraisal, whose payloads carry the member and what the photos gave (the
+# score, the routing reasons that name photo problems). Benefit events are the ledger's, which
+# an erasure keeps, so they keep the member.
+APPRAISAL_EVENT_KINDS = (
+    "appraisal.decided",
+    "appraisal.finalized",
+    "appraisal.overturned",
+    "sla.breached",
+)
+ERASED_FIELDS = ("member_id", "member_tier", "p_authentic", "reasons")
 
 
 def record(
@@ -88,7 +99,36 @@ def _record_appraisal(
     if appraisal.is_gold:  # made by admins to measure reviewers: no member to tell
         return
     payload = appraisal_payload(appraisal) | (extra or {})
-    record(session, kind, member_id=appraisal.member_id, appraisal_id=appraisal.id, payload=payload)
+    member_id: str | None = appraisal.member_id
+    if session.get(ErasedMember, appraisal.member_id) is not None:
+        # An item still in review when its member was erased: its later events go out scrubbed.
+        payload, member_id = scrubbed(payload), None
+    record(session, kind, member_id=member_id, appraisal_id=appraisal.id, payload=payload)
+
+
+def scrubbed(payload: dict[str, Any]) -> dict[str, Any]:
+    """An appraisal event's payload without the member and the photos' derived data."""
+    kept = {k: v for k, v in payload.items() if k not in ERASED_FIELDS}
+    return kept | {"member_erased": True}
+
+
+def scrub_member_events(session: Session, appraisal_ids: list[str]) -> int:
+    """Strip the member from every event about these appraisals (an erasure), in the caller's
+    transaction; returns how many events there are (the same when repeated). Events keep their
+    id, so a receiver that already has one still drops the resent copy as a duplicate; pending
+    and dead ones go out without the member, and delivered ones no longer keep a copy here."""
+    count = 0
+    for start in range(0, len(appraisal_ids), 500):
+        chunk = appraisal_ids[start : start + 500]
+        query = select(OutboxEvent).where(
+            OutboxEvent.appraisal_id.in_(chunk), OutboxEvent.kind.in_(APPRAISAL_EVENT_KINDS)
+        )
+        for event in session.scalars(query):
+            count += 1
+            if event.member_id is not None or "member_erased" not in event.payload:
+                event.member_id = None
+                event.payload = scrubbed(event.payload)
+    return count
 
 
 def appraisal_listener(kind: str) -> Callable[[Session, Appraisal, dict[str, Any]], None]:

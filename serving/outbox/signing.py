@@ -31,7 +31,12 @@ def verify(
     lower = {k.lower(): v for k, v in headers.items()}
     timestamp = lower.get("touchstone-timestamp", "")
     signature = lower.get("touchstone-signature", "")
-    if not timestamp.isdigit() or not hmac.compare_digest(sign(secret, timestamp, body), signature):
+    if not (timestamp.isascii() and timestamp.isdigit()):
+        return False
+    # Compared as bytes: compare_digest raises on a str with non-ASCII characters, and a header
+    # is whatever the sender put there.
+    expected = sign(secret, timestamp, body).encode()
+    if not hmac.compare_digest(expected, signature.encode("utf-8", "surrogateescape")):
         return False
     if tolerance_seconds is None:
         return True

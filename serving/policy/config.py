@@ -1,15 +1,17 @@
-"""The routing policy's settings (`configs/policy.yaml`): tiers and their SLAs, who goes to
-people whatever the model says, photo counts and quality limits, and optional threshold
+"""The routing policy's settings (`configs/policy.yaml`): each tier's SLA, which tiers are VIP,
+who goes to people whatever the model says, photo counts and quality limits, and optional threshold
 overrides. Every number is a default here and in the YAML file, never a constant in the code
 that uses it."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
 from touchstone.config_files import ConfigFileError, load_yaml_model
+from touchstone.vocabulary import TIERS, check_tier_names
 
 
 class PolicyError(ValueError):
@@ -41,7 +43,6 @@ class PhotoQualityConfig(_Strict):
 class PolicyConfig(_Strict):
     """The routing policy; the defaults are the domain's decisions (docs/domain.md)."""
 
-    tiers: tuple[str, ...] = ("explorer", "connoisseur", "collector", "master", "brand_confidant")
     vip_tiers: tuple[str, ...] = ("collector", "master", "brand_confidant")
     sla_hours: dict[str, PositiveInt] = Field(
         default_factory=lambda: {
@@ -61,28 +62,35 @@ class PolicyConfig(_Strict):
     counterfeit_at: float | None = Field(None, ge=0, le=1)
     photo_quality: PhotoQualityConfig = Field(default_factory=PhotoQualityConfig)
 
-    @field_validator("tiers")
+    @model_validator(mode="before")
     @classmethod
-    def _distinct_tiers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        if not value:
-            raise ValueError("at least one tier is needed")
-        twice = sorted({tier for tier in value if value.count(tier) > 1})
-        if twice:
-            raise ValueError(f"tier(s) listed twice: {', '.join(twice)}")
+    def _no_tier_list(cls, data: Any) -> Any:
+        # Policy files once listed the tiers; now the vocabulary does, and only it.
+        if isinstance(data, dict) and "tiers" in data:
+            raise ValueError(
+                "tiers: the tiers are fixed (touchstone.vocabulary.TIERS); remove this key"
+            )
+        return data
+
+    @field_validator("vip_tiers")
+    @classmethod
+    def _known_vip_tiers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        check_tier_names(value, "vip_tiers")
         return value
+
+    @field_validator("sla_hours")
+    @classmethod
+    def _hours_for_every_tier(cls, value: dict[str, int]) -> dict[str, int]:
+        check_tier_names(value, "sla_hours", every=True)
+        return value
+
+    @property
+    def tiers(self) -> tuple[str, ...]:
+        """The member tiers, lowest to highest (the vocabulary's; never the file's)."""
+        return TIERS
 
     @model_validator(mode="after")
     def _consistent(self) -> PolicyConfig:
-        tiers = set(self.tiers)
-        unknown_vip = [tier for tier in self.vip_tiers if tier not in tiers]
-        if unknown_vip:
-            raise ValueError(f"vip_tiers names tier(s) not in tiers: {', '.join(unknown_vip)}")
-        missing = [tier for tier in self.tiers if tier not in self.sla_hours]
-        if missing:
-            raise ValueError(f"sla_hours has no hours for tier(s): {', '.join(missing)}")
-        extra = sorted(set(self.sla_hours) - tiers)
-        if extra:
-            raise ValueError(f"sla_hours names tier(s) not in tiers: {', '.join(extra)}")
         if self.max_photos < self.min_photos:
             raise ValueError("max_photos must be at least min_photos")
         if self.max_photos_per_region > self.max_photos:
@@ -96,8 +104,8 @@ class PolicyConfig(_Strict):
         return self
 
     def check_tier(self, tier: str) -> None:
-        if tier not in self.tiers:
-            raise PolicyError(f"unknown member tier {tier!r}; the policy knows {list(self.tiers)}")
+        if tier not in TIERS:
+            raise PolicyError(f"unknown member tier {tier!r}; the tiers are {list(TIERS)}")
 
     def sla_for(self, tier: str) -> int:
         self.check_tier(tier)

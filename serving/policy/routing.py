@@ -34,11 +34,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
+from serving.appraisals.status import Status
 from serving.policy.config import PolicyConfig, PolicyError
 from serving.policy.photo_quality import PROBLEM_WORDS
 from touchstone.decision import HUMAN, Thresholds
 
-Status = Literal["decided", "in_review", "awaiting_photos"]
 Outcome = Literal["authentic", "counterfeit"]
 DecisionPath = Literal["auto", "human"]
 
@@ -69,7 +69,7 @@ class RoutingRequest:
 
 @dataclass(frozen=True)
 class RoutingDecision:
-    status: Status
+    status: Status  # never `finalized`: only a person's verdict finalizes
     outcome: Outcome | None  # None while a reviewer decides or photos are awaited
     path: DecisionPath | None  # None while photos are awaited
     rule: str  # the rule that fired; stable, for metrics and the app
@@ -103,7 +103,7 @@ def route(request: RoutingRequest, config: PolicyConfig) -> RoutingDecision:
     photo_reasons = _photo_reasons(request, config)
     if photo_reasons:
         return RoutingDecision(
-            "awaiting_photos", None, None, "needs_more_photos", photo_reasons, 0, sla
+            Status.AWAITING_PHOTOS, None, None, "needs_more_photos", photo_reasons, 0, sla
         )
 
     value = request.declared_value_cny
@@ -130,7 +130,13 @@ def route(request: RoutingRequest, config: PolicyConfig) -> RoutingDecision:
     else:
         reason = f"p_authentic {p:.4g} is at or below the counterfeit threshold {_ct(thresholds)}"
     return RoutingDecision(
-        "decided", verdict, "auto", f"auto_{verdict}", [f"decided by the model: {reason}"], 0, sla
+        Status.DECIDED,
+        verdict,
+        "auto",
+        f"auto_{verdict}",
+        [f"decided by the model: {reason}"],
+        0,
+        sla,
     )
 
 
@@ -210,7 +216,7 @@ def _policy_rules(
 def _to_human(rules: list[tuple[str, str]], high_value: bool, sla: int) -> RoutingDecision:
     reasons = [reason for _, reason in rules]
     return RoutingDecision(
-        "in_review", None, "human", rules[0][0], reasons, 2 if high_value else 1, sla
+        Status.IN_REVIEW, None, "human", rules[0][0], reasons, 2 if high_value else 1, sla
     )
 
 

@@ -8,6 +8,7 @@ import datetime as dt
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from serving.appraisals.status import Status
 from serving.db import Appraisal, ReviewTask, Verdict, as_utc
 from serving.review.tasks import FINAL_OUTCOMES, claimable
 from serving.schemas.review import ReviewQuality
@@ -61,7 +62,7 @@ def quality_numbers(session: Session, now: dt.datetime) -> ReviewQuality:
     pairs = [(o[0], o[1]) for o in doubles.values() if len(o) >= 2]
     finished = session.execute(
         select(Appraisal.model_outcome, Appraisal.outcome, Appraisal.rule).where(
-            Appraisal.status == "finalized",
+            Appraisal.status == Status.FINALIZED,
             Appraisal.is_gold.is_(False),
             Appraisal.model_outcome.in_(("authentic", "counterfeit")),
             Appraisal.outcome.in_(("authentic", "counterfeit")),

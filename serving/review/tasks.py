@@ -15,6 +15,8 @@ OUTCOMES = ("authentic", "counterfeit", "inconclusive", "needs_more_photos")
 FINAL_OUTCOMES = ("authentic", "counterfeit", "inconclusive")
 # Rounds of "send better photos" (by the policy or a reviewer) before people settle the item.
 MAX_PHOTO_ROUNDS = 3
+# The rule of an appraisal a reviewer sent back for photos: the photos go back to a reviewer.
+REVIEWER_ASKED_FOR_PHOTOS = "reviewer_needs_more_photos"
 
 
 def tasks_for(appraisal: Appraisal) -> list[ReviewTask]:

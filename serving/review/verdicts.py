@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from serving.appraisals.status import Status, move
 from serving.auth import Caller
-from serving.db import Appraisal, AppraisalEvent, AuditEntry, ReviewTask, Verdict
+from serving.db import Appraisal, AuditEntry, ReviewTask, Verdict
 from serving.lifecycle import Lifecycle
-from serving.review.tasks import MAX_PHOTO_ROUNDS, VerdictIn
+from serving.review.tasks import MAX_PHOTO_ROUNDS, REVIEWER_ASKED_FOR_PHOTOS, VerdictIn
 
 
 def record_verdict(
@@ -85,13 +86,17 @@ def _progress(
             due_at=appraisal.sla_due_at,
         )
     )
-    session.add(
-        AppraisalEvent(
-            appraisal_id=appraisal.id,
-            kind="escalated",
-            rule="reviewers_disagree",
-            detail={"outcomes": list(outcomes)},
-        )
+    move(
+        session,
+        lifecycle,
+        appraisal,
+        Status.IN_REVIEW,
+        event="escalated",
+        rule="reviewers_disagree",
+        outcome=appraisal.outcome,
+        path=appraisal.path,
+        detail={"outcomes": list(outcomes)},
+        now=now,
     )
 
 
@@ -103,46 +108,29 @@ def _apply(
     stage: str,
     now: dt.datetime,
 ) -> None:
-    # Whatever else was open for this appraisal is no longer needed.
-    session.execute(
-        update(ReviewTask)
-        .where(
-            ReviewTask.appraisal_id == appraisal.id,
-            ReviewTask.status.in_(("open", "claimed")),
-        )
-        .values(status="cancelled")
-        .execution_options(synchronize_session=False)
-    )
+    """Send the item back for photos, or finalize it; the move closes the review tasks still
+    open."""
     if outcome == "needs_more_photos" and appraisal.photo_rounds >= MAX_PHOTO_ROUNDS:
         outcome = "inconclusive"
         appraisal.reasons = [
             *appraisal.reasons,
             f"still no usable photos after {MAX_PHOTO_ROUNDS} rounds: inconclusive",
         ]
-    if outcome == "needs_more_photos":
-        appraisal.status, appraisal.outcome = "awaiting_photos", None
-        appraisal.rule = "reviewer_needs_more_photos"
+    asked = outcome == "needs_more_photos"
+    if asked:
+        appraisal.rule = REVIEWER_ASKED_FOR_PHOTOS
         appraisal.reasons = [*appraisal.reasons, "a reviewer asked for more photos"]
-        kind = "photos_requested"
-    else:
-        # Set only when an earlier verdict stood (the model's, before the member asked for
-        # a person); routed items carry no outcome until their verdict.
-        previous = appraisal.outcome
-        appraisal.status, appraisal.outcome, appraisal.path = "finalized", outcome, "human"
-        appraisal.finalized_at = now
-        kind = "finalized"
-    appraisal.updated_at = now
-    session.add(
-        AppraisalEvent(
-            appraisal_id=appraisal.id,
-            kind=kind,
-            rule=f"{stage}_verdict",
-            detail={"outcome": outcome},
-        )
+    # A person's verdict over the model's (the member asked for a person) is announced as an
+    # overturn too, by the move.
+    move(
+        session,
+        lifecycle,
+        appraisal,
+        Status.AWAITING_PHOTOS if asked else Status.FINALIZED,
+        event="photos_requested" if asked else "finalized",
+        rule=f"{stage}_verdict",
+        outcome=None if asked else outcome,
+        path=appraisal.path if asked else "human",
+        detail={"outcome": outcome},
+        now=now,
     )
-    if kind == "finalized":
-        session.flush()
-        lifecycle.emit(session, "appraisal.finalized", appraisal)
-        if previous is not None and previous != outcome:
-            # A person changed what the model had decided alone (the member asked).
-            lifecycle.emit(session, "appraisal.overturned", appraisal, previous=previous)

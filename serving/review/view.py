@@ -115,10 +115,16 @@ def check_photo_access(session: Session, caller: Caller, task_id: int, sha256: s
 
 
 def stored_photo(store: PhotoStore, sha256: str) -> tuple[bytes, str]:
-    """A task's photo from the store, and its media type; a 404 when it cannot be read (erased
-    since the task was made, or damaged). Check access first (`check_photo_access`)."""
+    """A task's photo from the store, and its media type. Its row names it, so a file that is
+    not there was erased since the task was made (the member asked): 410 `photo_erased`; one
+    that cannot be read back (damaged, or the wrong photo key) is a 404. Check access first
+    (`check_photo_access`)."""
     try:
         data = store.get(sha256)
     except PhotoStoreError as exc:
+        if exc.code == "not_found":
+            raise ApiError(
+                410, "photo_erased", "this photo was erased at the member's request"
+            ) from exc
         raise ApiError(404, "not_found", f"the photo cannot be read: {exc.message}") from exc
     return data, "image/jpeg" if data[:3] == b"\xff\xd8\xff" else "image/png"

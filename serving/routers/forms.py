@@ -6,12 +6,20 @@ from __future__ import annotations
 from fastapi import Request
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
+from starlette.requests import ClientDisconnect
 
 from serving.appraisals.uploads import PhotoUpload
+from serving.db import Appraisal
 from serving.errors import ApiError
 
 FIELDS = ("member_id", "member_tier", "category", "brand", "declared_value")
 MAX_FIELD_CHARS = 64
+# A field stored in a column may be no longer than the column: PostgreSQL refuses longer values
+# (a 500), SQLite keeps them. The widths are read from the model, so they cannot drift.
+FIELD_CHARS = {
+    name: Appraisal.__table__.c[name].type.length
+    for name in ("member_id", "member_tier", "category", "brand")
+}
 
 
 async def read_form(
@@ -33,6 +41,10 @@ async def read_form(
     except MultiPartException as exc:
         code = "too_many_photos" if "files" in str(exc).lower() else "malformed_request"
         raise ApiError(422 if code == "too_many_photos" else 400, code, str(exc)) from exc
+    except ClientDisconnect as exc:
+        # The client went away mid-body, or stalled past the body deadline (whose 408 then
+        # replaces this answer: serving/slow_clients.py).
+        raise ApiError(400, "client_disconnected", "the request body stopped arriving") from exc
     fields: dict[str, str] = {}
     photos: list[PhotoUpload] = []
     for name, value in form.multi_items():
@@ -65,8 +77,11 @@ def text_field(fields: dict[str, str], name: str, required: bool = True) -> str 
         if required:
             raise ApiError(422, "missing_field", f"the form field {name!r} is required")
         return None
-    if len(value) > MAX_FIELD_CHARS or not value.isprintable():
-        raise ApiError(422, "invalid_field", f"{name} must be printable, up to 64 characters")
+    limit = FIELD_CHARS.get(name) or MAX_FIELD_CHARS
+    # Lower-cased too: the category is stored lower-cased, and a few letters grow when lowered
+    # ("\u0130" becomes two characters).
+    if max(len(value), len(value.lower())) > limit or not value.isprintable():
+        raise ApiError(422, "invalid_field", f"{name} must be printable, up to {limit} characters")
     return value
 
 

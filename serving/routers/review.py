@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import secrets
 from asyncio import to_thread
 
 from fastapi import APIRouter, Request, Response
 
-from serving.appraisals.uploads import AppraisalRequest
 from serving.deps import (
     Admin,
     AppraisalsDep,
@@ -22,8 +20,8 @@ from serving.deps import (
 from serving.errors import ApiError
 from serving.review.tasks import VerdictIn
 from serving.review.view import stored_photo
-from serving.routers.forms import read_form
-from serving.schemas.appraisals import AppraisalOut
+from serving.routers.forms import check_photo_counts, read_form
+from serving.schemas.appraisals import AppraisalOut, VerdictRecorded
 from serving.schemas.review import Lease, QueueCounts, ReviewQuality, TaskView, VerdictBody
 
 router = APIRouter(prefix="/v1/review", tags=["review"])
@@ -78,20 +76,18 @@ async def release(task_id: int, reviews: ReviewsDep, caller: Reviewer) -> Respon
     return Response(status_code=204)
 
 
-@router.post("/tasks/{task_id}/verdict", response_model=AppraisalOut)
+@router.post("/tasks/{task_id}/verdict", response_model=VerdictRecorded)
 async def verdict(
-    task_id: int,
-    body: VerdictBody,
-    reviews: ReviewsDep,
-    appraisals: AppraisalsDep,
-    caller: Reviewer,
-) -> AppraisalOut:
-    """Record the verdict; the appraisal is finalized once its last needed verdict is in."""
+    task_id: int, body: VerdictBody, reviews: ReviewsDep, caller: Reviewer
+) -> VerdictRecorded:
+    """Record the verdict; the appraisal is finalized once its last needed verdict is in. The
+    answer is the task's, never the appraisal: its member, scores and final outcome would
+    tell a reviewer what the task view hides (the other verdict, a gold item's truth)."""
     findings = [finding.model_dump() for finding in body.findings]
     appraisal_id = await to_thread(
         reviews.verdict, caller, task_id, VerdictIn(body.outcome, body.notes, findings)
     )
-    return AppraisalOut.of(await to_thread(appraisals.get, appraisal_id))
+    return VerdictRecorded(task_id=task_id, appraisal_id=appraisal_id)
 
 
 @router.get("/quality", response_model=ReviewQuality)
@@ -109,27 +105,27 @@ async def add_gold_item(
     regions: RegionsDep,
     _: Admin,
 ) -> AppraisalOut:
-    """An item with known truth (form field `truth`: authentic or counterfeit) that enters the
-    queue looking like any other; reviewers' accuracy on such items is measured."""
+    """An item with known truth (form field `truth`: authentic or counterfeit; `category` and
+    `brand` describe the photos) that reviewers cannot tell from a member's item: its member's
+    fields are drawn from real traffic and the routing policy gives its reasons."""
+    policy = appraisals.policy
     fields, photos = await read_form(
-        request,
-        regions,
-        appraisals.policy.max_photos,
-        settings.max_photo_bytes,
-        extra=("truth",),
+        request, regions, policy.max_photos, settings.max_photo_bytes, extra=("truth",)
     )
     truth = (fields.pop("truth", "") or "").strip()
     if truth not in ("authentic", "counterfeit"):
         raise ApiError(422, "invalid_field", "truth must be authentic or counterfeit")
+    drawn = sorted(set(fields) - {"category", "brand"})
+    if drawn:
+        raise ApiError(
+            422,
+            "invalid_field",
+            f"{', '.join(drawn)}: a gold item's member fields are drawn from real traffic; "
+            "send truth, category, brand and photos",
+        )
     if not photos:
         raise ApiError(422, "no_photos", "a gold item needs photos")
-    gold = AppraisalRequest(
-        member_id=f"m-{secrets.token_hex(4)}",  # like a member's, so it does not stand out
-        member_tier="explorer",
-        category=(fields.get("category") or "bag").strip().lower(),
-        brand=(fields.get("brand") or "").strip() or None,
-        declared_value=None,
-        photos=photos,
-        idempotency_key=None,
-    )
-    return AppraisalOut.of(await appraisals.create_gold(gold, truth))
+    check_photo_counts(photos, policy.max_photos, policy.max_photos_per_region)
+    category = (fields.get("category") or "").strip().lower() or None
+    brand = (fields.get("brand") or "").strip() or None
+    return AppraisalOut.of(await appraisals.create_gold(photos, truth, category, brand))

@@ -9,10 +9,18 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from sqlalchemy.orm import sessionmaker
 
+from serving.auth import THRESHOLD_ROLES
 from serving.deps import Admin, AnyRole, MetricsDep, ModelsDep, SessionsDep
 from serving.errors import ApiError
-from serving.schemas.system import Health, ModelStatus, ModelSwitch, ModelSwitched, Readiness
-from touchstone.model_card import ModelCardError
+from serving.schemas.system import (
+    Health,
+    ModelStatus,
+    ModelSummary,
+    ModelSwitch,
+    ModelSwitched,
+    Readiness,
+)
+from touchstone.model_card import ModelCard, ModelCardError
 from touchstone.registry import RegistryError
 
 router = APIRouter(tags=["service"])
@@ -55,15 +63,21 @@ async def metrics(service_metrics: MetricsDep) -> Response:
 
 
 @router.get("/v1/models", response_model=ModelStatus)
-async def current_model(models: ModelsDep, _: AnyRole) -> ModelStatus:
-    """The model in service and its card."""
+async def current_model(models: ModelsDep, caller: AnyRole) -> ModelStatus:
+    """The model in service and its card: the whole card (thresholds included) for the
+    platform, admins and reviewers; its name, version, regions and categories for the
+    members' side, which must not learn what score passes."""
     runtime = models.current
+    staff = caller.role in THRESHOLD_ROLES
+    card: ModelCard | ModelSummary | None = None
+    if runtime is not None:
+        card = runtime.card if staff else ModelSummary.of(runtime.card)
     return ModelStatus(
         ready=models.ready,
         loading=models.loading,
-        error=models.error,
-        source=runtime.source if runtime else None,
-        card=runtime.card if runtime else None,
+        error=models.error if staff else None,
+        source=runtime.source if runtime and staff else None,
+        card=card,
     )
 
 

@@ -61,12 +61,12 @@ class History(BaseModel):
 
 
 class BenefitsSummary(BaseModel):
-    """This month's free appraisals left, coupons, points (and what expires next), and the
-    ledger, newest first."""
+    """A month's free appraisals left (this month's unless asked), the tier now, coupons, points
+    (and what expires next), and the ledger, newest first."""
 
     member_id: str
-    tier: str
-    month: str
+    tier: str  # as the membership platform set it; explorer if it never did
+    month: str  # YYYY-MM, the month of `free_appraisals`
     free_appraisals: FreeAppraisals
     coupons: Coupons
     points: Points

@@ -19,12 +19,28 @@ class Readiness(BaseModel):
     model_error: str | None
 
 
+class ModelSummary(BaseModel):
+    """The model as the members' side sees it: what to photograph, nothing to aim a photo at
+    (no thresholds, calibration or metrics)."""
+
+    name: str
+    version: str | None
+    regions: tuple[str, ...]
+    categories: tuple[str, ...]
+
+    @classmethod
+    def of(cls, card: ModelCard) -> ModelSummary:
+        return cls(
+            name=card.name, version=card.version, regions=card.regions, categories=card.categories
+        )
+
+
 class ModelStatus(BaseModel):
     ready: bool
     loading: bool
-    error: str | None
-    source: str | None
-    card: ModelCard | None
+    error: str | None  # staff only
+    source: str | None  # staff only
+    card: ModelCard | ModelSummary | None  # the whole card for staff (serving.auth)
 
 
 class ModelSwitch(BaseModel):

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.orm import sessionmaker
 
+from serving.appraisals.status import Status
 from serving.db import Appraisal, Photo, ReviewTask, Verdict, utcnow
 
 
@@ -81,7 +82,7 @@ def history(sessions: sessionmaker, key_id: int, limit: int = 100) -> History:
             brand=appraisal.brand,
             stage=stage,
             outcome=verdict.outcome,
-            final_outcome=appraisal.outcome if appraisal.status == "finalized" else None,
+            final_outcome=appraisal.outcome if appraisal.status == Status.FINALIZED else None,
             at=verdict.created_at,
         )
         for verdict, appraisal, stage in rows

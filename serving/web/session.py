@@ -4,7 +4,7 @@ The cookie holds the API key's id and a CSRF token, signed with the web secret
 (`TOUCHSTONE_WEB_SECRET`, else one kept in the data directory, `DATA_DIR/web-secret`, 0600):
 never the key itself, so a stolen cookie cannot be turned into an API key, and it dies with
 the secret. The key's row is read again on every
-request, so a revoked key or a changed role takes effect at once.
+request, so a revoked or expired key, or a changed role, takes effect at once.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from fastapi import Request, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from sqlalchemy.orm import sessionmaker
 
-from serving.auth import Caller
+from serving.auth import Caller, refusal
 from serving.db import ApiKey
 from serving.errors import ApiError
 
@@ -110,10 +110,11 @@ def clear_session(response: Response) -> None:
 
 
 def caller_of(sessions: sessionmaker, key_id: int) -> Caller | None:
-    """The key's current role, or None if it is revoked, gone, or not a reviewing role."""
+    """The key's current role, or None if it is revoked, expired, gone, or not a reviewing
+    role."""
     with sessions() as db:
         key = db.get(ApiKey, key_id)
-    if key is None or key.revoked_at is not None or key.role not in WEB_ROLES:
+    if key is None or refusal(key) is not None or key.role not in WEB_ROLES:
         return None
     return Caller(key.id, key.role)
 
@@ -125,13 +126,18 @@ def signed_in(request: Request, signer: URLSafeTimedSerializer, sessions: sessio
         raise SignInRequired()
     caller = caller_of(sessions, session.key_id)
     if caller is None:
-        raise SignInRequired("Your key was revoked or no longer has a reviewing role.")
+        raise SignInRequired("Your key was revoked, has expired, or no longer reviews.")
     return caller
 
 
 def check_csrf(request: Request, token: str | None, signer: URLSafeTimedSerializer) -> None:
     session = read_session(request, signer)
-    if session is None or not token or not hmac.compare_digest(session.csrf, token):
+    # Compared as bytes: compare_digest refuses str that is not ASCII, and a form may hold any.
+    if (
+        session is None
+        or not token
+        or not hmac.compare_digest(session.csrf.encode(), token.encode())
+    ):
         raise ApiError(
             403, "csrf_failed", "The form had expired or did not come from this app; reload it."
         )

@@ -141,7 +141,7 @@ def ledger(sessions, members: list[str]) -> list[LedgerEntry]:
 
 def grant(bank: Bank, member: str, tier: str, asset: str, amount: int) -> None:
     with bank.sessions() as session, session.begin():
-        bank.ledger.lock_member(session, member, tier)
+        bank.ledger.lock_member(session, member)
         expires = bank.ledger.clock() + dt.timedelta(days=730) if asset == "points" else None
         bank.ledger.post(
             session, member, asset, amount, "test", f"test:{uuid.uuid4()}", expires_at=expires
@@ -177,10 +177,10 @@ def test_the_ledger_never_goes_negative_never_pays_twice_and_sums(
     run = uuid.uuid4().hex[:8]
     members = [f"{run}-{i}" for i in range(3)]
     tier_of = dict(zip(members, tiers, strict=True))
-    for member, tier in tier_of.items():
-        bank.service.set_tier(member, tier)
     now = [START]
     bank.ledger.clock = lambda: now[0]
+    for member, tier in tier_of.items():
+        bank.service.set_tier(member, tier)
     appraisals: list[tuple[str, dt.datetime, bool]] = []  # id, submitted at, gold
     causes: list[tuple] = []
     late_first_verdicts: set[str] = set()
@@ -233,13 +233,17 @@ def test_the_ledger_never_goes_negative_never_pays_twice_and_sums(
             month_sums[entry.member_id, entry.month] += entry.amount
     assert all(value >= 0 for value in sums.values()), dict(sums)
     assert all(value >= 0 for value in month_sums.values()), dict(month_sums)
-    # Never paid twice: one payment and at most one charge and one return per appraisal.
+    # Never paid twice: one payment and at most one charge and one return per appraisal (a
+    # free appraisal returned after its month closed is banked: one entry of each asset).
     payments = {p.appraisal_id: p for p in _payment_rows(sessions, members)}
     per_appraisal: dict[tuple[str, str], int] = defaultdict(int)
+    per_asset: dict[tuple[str, str, str], int] = defaultdict(int)
     for entry in entries:
         if entry.appraisal_id:
             per_appraisal[entry.appraisal_id, entry.reason] += 1
-    assert all(count == 1 for count in per_appraisal.values())
+            per_asset[entry.appraisal_id, entry.reason, entry.asset] += 1
+    assert all(count == 1 for count in per_asset.values())
+    assert all(count == 1 for (_, reason), count in per_appraisal.items() if reason != "bank")
     for appraisal_id, _, gold in appraisals:
         if gold:
             assert appraisal_id not in payments
@@ -356,6 +360,7 @@ def test_concurrent_submissions_on_postgresql_spend_a_free_appraisal_once() -> N
         on_pg = bank_on(pg)
         on_pg.ledger.clock = lambda: START
         member = "racer-1"
+        on_pg.service.set_tier(member, "connoisseur")
         grant(on_pg, member, "connoisseur", "appraisal_coupon", 1)
         grant(on_pg, member, "connoisseur", "points", 1000)
         threads, barrier, errors = 8, threading.Barrier(8), []
@@ -403,8 +408,8 @@ def test_member_tier_and_benefits_over_http(tmp_path: Path, tiny_synthetic: Path
 
     server = start_server(tmp_path / "data", None)
     try:
-        platform, app, senior = server.key("platform"), server.key("app"), server.key("senior")
-        reviewer = server.key("reviewer")
+        platform, senior = server.key("platform"), server.key("senior")
+        app, reviewer = server.key("member_backend"), server.key("reviewer")
         with server.client(platform) as client:
             answer = client.put("/v1/members/m-77", json={"tier": "connoisseur"})
             assert answer.status_code == 200, answer.text
@@ -449,3 +454,243 @@ def test_member_tier_and_benefits_over_http(tmp_path: Path, tiny_synthetic: Path
             assert len(final["history"]["entries"]) == 2 and final["history"]["total"] == 5
     finally:
         stop(server)
+
+
+# -- the tier is the platform's, months are strict (issue 12) ------------------------------------
+
+
+def _photos(manifest: Path) -> list:
+    from tests.serving_support import item_photos
+
+    return item_photos(manifest)
+
+
+def test_a_form_tier_that_disagrees_with_the_platform_is_refused(
+    tmp_path: Path, tiny_synthetic: Path, database_url: str | None
+) -> None:
+    from tests.serving_support import form
+
+    server = start_server(tmp_path / "data", None, database_url)
+    try:
+        with server.client(server.key("platform")) as platform:
+            assert platform.put("/v1/members/m-ex", json={"tier": "explorer"}).status_code == 200
+        with server.client(server.key("member_backend")) as app:
+            for member in ("m-ex", "m-never-announced"):
+                claimed = app.post(
+                    "/v1/appraisals",
+                    data=form(member, "brand_confidant"),
+                    files=_photos(tiny_synthetic),
+                )
+                assert claimed.status_code == 409, claimed.text
+                assert claimed.json()["code"] == "tier_mismatch"
+                listed = app.get("/v1/appraisals", params={"member_id": member}).json()
+                assert listed["items"] == []
+            # Nothing paid, nothing granted: the explorer holds only the joining coupon.
+            history = app.get("/v1/members/m-ex/benefits").json()["history"]
+            assert [e["reason"] for e in history["entries"]] == ["joining"]
+            assert app.get("/v1/members/m-never-announced/benefits").status_code == 404
+            # A tier the service does not know is still a bad field.
+            platinum = app.post(
+                "/v1/appraisals", data=form("m-ex", "platinum"), files=_photos(tiny_synthetic)
+            )
+            assert (platinum.status_code, platinum.json()["code"]) == (422, "invalid_field")
+    finally:
+        stop(server)
+
+
+def test_a_member_never_announced_is_paid_and_routed_as_an_explorer_without_a_coupon(
+    tmp_path: Path, tiny_synthetic: Path, database_url: str | None
+) -> None:
+    from tests.serving_support import form
+
+    server = start_server(tmp_path / "data", None, database_url)
+    try:
+        with server.client(server.key("member_backend")) as app:
+            for fields in (form("ghost-1"), {"member_id": "ghost-1", "category": "bag"}):
+                created = app.post("/v1/appraisals", data=fields, files=_photos(tiny_synthetic))
+                assert created.status_code == 201, created.text  # member_tier may be left out
+                body = created.json()
+                assert body["member_tier"] == "explorer"
+                submitted = dt.datetime.fromisoformat(body["created_at"])
+                due = dt.datetime.fromisoformat(body["sla_due_at"])
+                assert due - submitted == dt.timedelta(hours=48)  # the explorer's SLA
+                assert not [r for r in body["decision"]["reasons"] if "members" in r]  # no VIP
+                # An app naming an unknown id mints no joining coupon: it pays the full price.
+                benefits = app.get("/v1/members/ghost-1/benefits").json()
+                assert benefits["tier"] == "explorer"
+                assert benefits["coupons"]["discount"] == 0
+                assert "joining" not in [e["reason"] for e in benefits["history"]["entries"]]
+        with server.client(server.key("platform")) as platform:
+            # The platform announcing the member grants it, once.
+            for tier in ("explorer", "connoisseur", "explorer"):
+                assert platform.put("/v1/members/ghost-1", json={"tier": tier}).status_code == 200
+            benefits = platform.get("/v1/members/ghost-1/benefits").json()
+            reasons = [e["reason"] for e in benefits["history"]["entries"]]
+            assert reasons.count("joining") == 1 and benefits["coupons"]["discount"] == 1
+    finally:
+        stop(server)
+
+
+def _sessions_on(database_url: str | None, tmp_path: Path) -> tuple:
+    url = database_url or f"sqlite:///{tmp_path / 'ledger.db'}"
+    engine = make_engine(url)
+    upgrade(engine)
+    return engine, make_sessionmaker(engine)
+
+
+def test_a_month_is_closed_with_the_tier_held_then(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    engine, sessions = _sessions_on(database_url, tmp_path)
+    try:
+        bank = bank_on(sessions)
+        now = [dt.datetime(2026, 1, 5, tzinfo=dt.UTC)]
+        bank.ledger.clock = lambda: now[0]
+        bank.service.set_tier("m-held", "connoisseur")
+        now[0] = dt.datetime(2026, 2, 3, tzinfo=dt.UTC)
+        bank.service.set_tier("m-held", "master")  # after January ended
+        now[0] = dt.datetime(2026, 2, 4, tzinfo=dt.UTC)
+        closed = bank.service.close_month("2026-01")
+        assert (closed.free_appraisals_banked, closed.points_banked) == (1, 500)
+        summary = bank.service.summary("m-held", month="2026-01")
+        assert summary is not None and summary.tier == "master"
+        assert summary.free_appraisals.allowance == 1 and summary.free_appraisals.left == 0
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("month", ["2026-1", "2026-001", "26-01", "2026-13", "2026-00", "2026-1 "])
+def test_a_month_not_written_yyyy_mm_is_refused(month: str) -> None:
+    from serving.benefits.ledger import InvalidMonth, parse_month
+
+    with pytest.raises(InvalidMonth, match="YYYY-MM"):
+        parse_month(month)
+    assert parse_month("2026-01") == "2026-01"
+
+
+def test_close_month_refuses_a_sloppy_month_and_closes_one_once(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    import json
+    import os
+    import subprocess
+
+    from tests.serving_support import TOUCHSTONE
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    engine, sessions = _sessions_on(database_url, data_dir.parent)
+    if database_url is None:  # the command's SQLite database lives in its data directory
+        engine.dispose()
+        engine, sessions = _sessions_on(f"sqlite:///{data_dir / 'touchstone.db'}", tmp_path)
+    try:
+        bank = bank_on(sessions)
+        bank.ledger.clock = lambda: dt.datetime(2026, 1, 5, tzinfo=dt.UTC)
+        bank.service.set_tier("m-cli", "connoisseur")
+    finally:
+        engine.dispose()
+    env = {k: v for k, v in os.environ.items() if k != "TOUCHSTONE_DATABASE_URL"}
+    if database_url:
+        env["TOUCHSTONE_DATABASE_URL"] = database_url
+
+    def close(month: str) -> subprocess.CompletedProcess:
+        command = [TOUCHSTONE, "benefits", "close-month", "--month", month, "--data-dir"]
+        return subprocess.run(
+            [*command, str(data_dir)], capture_output=True, text=True, env=env, timeout=120
+        )
+
+    for sloppy in ("2026-1", "2026-001"):
+        refused = close(sloppy)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert "YYYY-MM" in refused.stdout + refused.stderr
+    first, again = close("2026-01"), close("2026-01")
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout.splitlines()[-1])["points_banked"] == 500
+    assert json.loads(again.stdout.splitlines()[-1])["closed_now"] == 0
+
+
+def test_the_benefits_route_refuses_a_sloppy_month(tmp_path: Path) -> None:
+    server = start_server(tmp_path / "data", None)
+    try:
+        with server.client(server.key("platform")) as platform:
+            assert platform.put("/v1/members/m-5", json={"tier": "collector"}).status_code == 200
+            for month in ("2026-1", "2026-001", "january"):
+                answer = platform.get("/v1/members/m-5/benefits", params={"month": month})
+                assert answer.status_code == 422, answer.text
+                assert answer.json()["code"] == "invalid_month"
+            past = platform.get("/v1/members/m-5/benefits", params={"month": "2026-01"}).json()
+            assert past["month"] == "2026-01"
+            assert past["free_appraisals"]["allowance"] == 0  # not a member yet in January
+    finally:
+        stop(server)
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        (
+            "free_appraisals_per_month: {explorer: 0, connoisseur: 1, collector: 2, master: 4,"
+            " brand_confidant: null, platinum: 9}\n",
+            "platinum",
+        ),
+        (
+            "free_appraisals_per_month: {explorer: 0, connoisseur: 1, collector: 2,"
+            " brand_confidant: null}\n",
+            "master",
+        ),
+        ("joining_discount_tiers: [explorer, gold]\n", "gold"),
+    ],
+)
+def test_a_benefits_file_naming_an_unknown_or_missing_tier_is_refused(
+    tmp_path: Path, text: str, named: str
+) -> None:
+    from serving.benefits.config import BenefitsError, load_benefits
+    from touchstone.vocabulary import TIERS
+
+    path = tmp_path / "benefits.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(BenefitsError, match=named):
+        load_benefits(path)
+    shipped = load_benefits(Path(__file__).resolve().parents[2] / "configs" / "benefits.yaml")
+    assert tuple(shipped.free_appraisals_per_month) == TIERS
+    with pytest.raises(ValueError, match="gold"):
+        shipped.free_per_month("gold")  # never silently nothing
+
+
+def test_the_service_does_not_start_on_a_benefits_file_with_an_unknown_tier(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "benefits.yaml"
+    path.write_text("joining_discount_tiers: [explorer, platinum]\n", encoding="utf-8")
+    monkeypatch.setenv("TOUCHSTONE_BENEFITS", str(path))
+    with pytest.raises(RuntimeError, match="platinum"):
+        stop(start_server(tmp_path / "data", None))
+
+
+def test_the_tier_history_is_backfilled_from_the_members(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import text
+
+    from serving.benefits.tiers import tier_at
+    from serving.db import MIGRATIONS
+
+    engine = make_engine(database_url or f"sqlite:///{tmp_path / 'old.db'}")
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0005_certificates")
+        connection.execute(
+            text("INSERT INTO members VALUES (:id, :tier, :at, :at)"),  # id, tier, created, updated
+            {"id": "m-old", "tier": "master", "at": START},
+        )
+    upgrade(engine)
+    try:
+        with make_sessionmaker(engine)() as session:
+            assert tier_at(session, "m-old", START) == "master"
+            assert tier_at(session, "m-old", START - dt.timedelta(seconds=1)) == "explorer"
+    finally:
+        engine.dispose()

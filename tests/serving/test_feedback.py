@@ -72,7 +72,7 @@ def reviewed(
             authentic[2]: "inconclusive",
             counterfeit[2]: "needs_more_photos",
         }
-        app, reviewer = server.key("app"), server.key("reviewer")
+        app, reviewer = server.key("member_backend"), server.key("reviewer")
         plan: dict[str, dict[str, Any]] = {}
         with server.client(app) as client:
             for n, item in enumerate(outcomes):
@@ -100,7 +100,9 @@ def reviewed(
                 )
                 assert done.status_code == 200, done.text
                 expected = "awaiting_photos" if outcome == "needs_more_photos" else "finalized"
-                assert done.json()["status"] == expected
+                with server.client(server.key("platform")) as platform:  # not in the verdict's
+                    shown = platform.get(f"/v1/appraisals/{task['appraisal']['id']}").json()
+                assert shown["status"] == expected
             assert client.post("/v1/review/claim").status_code == 204
     finally:
         stop(server)
@@ -128,7 +130,7 @@ def export(reviewed: Reviewed, out: Path, *extra: str) -> subprocess.CompletedPr
 
 def test_export_reviews(reviewed: Reviewed, tmp_path: Path) -> None:
     from serving.db import default_database_url, make_engine, make_sessionmaker
-    from serving.feedback import export_reviews
+    from serving.feedback import ExportError, export_reviews
     from serving.photos import PhotoStore
     from serving.settings import Settings
 
@@ -194,20 +196,28 @@ def test_export_reviews(reviewed: Reviewed, tmp_path: Path) -> None:
             {"m": reviewed.plan[erased]["member"], "t": dt.datetime.now(dt.UTC)},
         )
     summary = export_reviews(sessions, store, tmp_path / "after" / "m.csv")
-    assert summary.gold_column and summary.erasure_table
     assert summary.left_out == {"gold": 1, "erased_member": 1, "inconclusive": 1}
     assert summary.items == {"authentic": 1, "counterfeit": 1}
     kept = {r.item_id for r in read_manifest(summary.manifest).records}
     assert kept == labelled - {gold, erased}
 
-    # A database from before migrations 0003 and 0004 has no gold flag and no erasures: the
-    # export still runs.
-    downgrade(engine, "0002")
-    summary = export_reviews(sessions, store, tmp_path / "before" / "m.csv")
+    # Every export is recorded with the members it holds, the erased one not among them.
+    with engine.connect() as connection:
+        held = connection.execute(
+            text("SELECT member_id FROM training_export_members WHERE export_id = :e"),
+            {"e": summary.export_id},
+        )
+        assert {m for (m,) in held} == {reviewed.plan[a]["member"] for a in kept}
+
+    # A database that cannot record exports yet is refused: an export erasure could not find
+    # is what the record is for. Nothing is written.
+    # Only this branch goes down: off a merge of the branches first, if there is one.
+    downgrade(engine, "0009_training_exports")
+    downgrade(engine, "0009_training_exports@-1")
+    with pytest.raises(ExportError, match="0009_training_exports"):
+        export_reviews(sessions, store, tmp_path / "before" / "m.csv")
     engine.dispose()
-    assert not summary.gold_column and not summary.erasure_table
-    assert summary.left_out == {"inconclusive": 1}
-    assert {r.item_id for r in read_manifest(summary.manifest).records} == labelled
+    assert not (tmp_path / "before").exists()
 
 
 def downgrade(engine: Engine, revision: str) -> None:
@@ -274,17 +284,31 @@ def test_the_loop_merges_splits_and_trains(
         if appraisal_id in split_of:
             assert split_of[appraisal_id] == split_of[item["item"]]
 
+    # A member erased after the export: training leaves their rows out, and without the
+    # service's database to ask it refuses a manifest with review rows.
+    erased = sorted(a for a in reviewed.plan if a in split_of)[0]
+    erase_member_of(reviewed, erased)
     run = tmp_path / "run"
-    trained = touchstone(
-        "train",
-        "--config",
-        ROOT / "configs" / "tiny-test.yaml",
-        "--data",
-        split,
-        "--out",
-        run,
-        "--set",
-        "tracking.enabled=false",
-    )
+    args = ["train", "--config", ROOT / "configs" / "tiny-test.yaml", "--data", split]
+    args += ["--out", run, "--set", "tracking.enabled=false"]
+    refused = touchstone(*args)
+    assert refused.returncode == 2 and "--database-url" in refused.stdout, refused.stdout
+    assert not run.exists()
+    database = f"sqlite:///{reviewed.data_dir / 'touchstone.db'}"
+    trained = touchstone(*args, "--database-url", database)
     assert trained.returncode == 0, trained.stdout + trained.stderr
+    rows = sum(r.item_id == erased for r in assigned)
+    assert f"left out {rows} row(s) of 1 item(s)" in trained.stdout, trained.stdout
     assert (run / "checkpoints" / "best.pt").exists()
+
+
+def erase_member_of(reviewed: Reviewed, appraisal_id: str) -> None:
+    from serving.db import default_database_url, make_engine, make_sessionmaker
+    from serving.erasure import erase_member
+    from serving.photos import PhotoStore
+    from serving.settings import Settings
+
+    engine = make_engine(reviewed.database_url or default_database_url(reviewed.data_dir))
+    store = PhotoStore(reviewed.data_dir / "photos", Settings().photo_key_bytes())
+    erase_member(make_sessionmaker(engine), store, reviewed.plan[appraisal_id]["member"], 0)
+    engine.dispose()

@@ -445,3 +445,25 @@ def test_the_example_config_loads(monkeypatch) -> None:  # type: ignore[no-untyp
     config = webhooks_of(example)
     assert config.max_attempts == 8 and config.webhooks[0].secret is not None
     assert config.webhooks[0].secret.get_secret_value() == "from-env"
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "signature"),
+    [
+        (None, "sha256=" + "\u00e9" * 64),  # non-ASCII: hmac.compare_digest raises on str
+        (None, "sha256=\u0660"),
+        ("\u00b2", None),  # a digit to str.isdigit, not to int()
+        ("\u0661\u0667\u0660\u0660\u0660\u0660\u0660\u0660\u0660\u0660", None),  # Arabic-Indic
+        ("", None),
+    ],
+)
+def test_signature_helper_refuses_non_ascii_headers_without_raising(
+    timestamp: str | None, signature: str | None
+) -> None:
+    body = b'{"id":"x"}'
+    now = str(int(time.time()))
+    headers = {
+        "Touchstone-Timestamp": now if timestamp is None else timestamp,
+        "Touchstone-Signature": sign(SECRET, now, body) if signature is None else signature,
+    }
+    assert verify(SECRET, headers, body) is False

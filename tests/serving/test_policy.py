@@ -283,7 +283,7 @@ def test_a_typo_in_a_key_is_refused_with_its_name(tmp_path: Path) -> None:
     [
         ("audit_share: 1.5\n", "audit_share"),
         ("high_value_cny: -1\n", "high_value_cny"),
-        ("sla_hours: {explorer: 36}\n", "sla_hours has no hours for tier"),
+        ("sla_hours: {explorer: 36}\n", "sla_hours has no entry for tier"),
         ("vip_tiers: [collector, platinum]\n", "platinum"),
         ("authentic_at: 0.3\ncounterfeit_at: 0.4\n", "counterfeit_at"),
         ("photo_quality: {min_brightness: 250}\n", "min_brightness"),
@@ -384,3 +384,25 @@ def test_the_policy_module_does_not_import_torch() -> None:
         "serving.policy.routing; sys.exit('torch' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
+
+
+# --- the tiers: one vocabulary ------------------------------------------------------------------
+
+
+def test_the_tiers_are_the_vocabulary_and_the_policy_names_each_of_them(tmp_path: Path) -> None:
+    from touchstone.vocabulary import TIERS
+
+    assert POLICY.tiers == TIERS and set(POLICY.sla_hours) == set(TIERS)
+    with pytest.raises(PolicyError, match="platinum"):
+        load_policy(_policy_file(tmp_path, "sla_hours: {" + _all_tiers(12) + ", platinum: 6}\n"))
+    with pytest.raises(PolicyError, match="master"):
+        load_policy(_policy_file(tmp_path, "sla_hours: {explorer: 48, connoisseur: 24}\n"))
+    # The list of tiers is not the policy's to change.
+    with pytest.raises(PolicyError, match="tiers"):
+        load_policy(_policy_file(tmp_path, "tiers: [explorer, platinum]\n"))
+
+
+def _all_tiers(hours: int) -> str:
+    from touchstone.vocabulary import TIERS
+
+    return ", ".join(f"{tier}: {hours}" for tier in TIERS)

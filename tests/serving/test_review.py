@@ -33,17 +33,25 @@ def humans_only(tmp_path: Path, database_url: str | None) -> Iterator[Server]:
 
 
 def submit(server: Server, key: str, manifest: Path, index: int = 0, **fields: str) -> dict:
+    """Submitted with `key` (a member back end's): the whole appraisal, as the platform sees
+    it (members see no scores)."""
     with server.client(key) as client:
         answer = client.post(
             "/v1/appraisals", data=form(**fields), files=item_photos(manifest, index)
         )
         assert answer.status_code == 201, answer.text
-        return answer.json()
+    return whole(server, answer.json()["id"])
+
+
+def whole(server: Server, appraisal_id: str) -> dict:
+    """The whole appraisal, as the platform reads it (a verdict's answer is the task's)."""
+    with server.client(server.key("platform")) as platform:
+        return platform.get(f"/v1/appraisals/{appraisal_id}").json()
 
 
 def test_claim_view_verdict_and_finalize(humans_only: Server, tiny_synthetic: Path) -> None:
     server = humans_only
-    app, alice = server.key("app"), server.key("reviewer")
+    app, alice = server.key("member_backend"), server.key("reviewer")
     appraisal = submit(server, app, tiny_synthetic, member="member-8841")
     assert appraisal["status"] == "in_review"
     with server.client(alice) as client:
@@ -64,9 +72,8 @@ def test_claim_view_verdict_and_finalize(humans_only: Server, tiny_synthetic: Pa
             },
         )
         assert done.status_code == 200, done.text
-        assert done.json()["status"] == "finalized" and done.json()["decision"]["outcome"] == (
-            "authentic"
-        )
+        done = whole(server, appraisal["id"])
+        assert done["status"] == "finalized" and done["decision"]["outcome"] == "authentic"
         assert client.post("/v1/review/claim").status_code == 204
         again = client.post(
             f"/v1/review/tasks/{task['task']['id']}/verdict", json={"outcome": "counterfeit"}
@@ -94,7 +101,7 @@ def test_an_expired_lease_goes_to_the_next_reviewer(
     humans_only: Server, tiny_synthetic: Path
 ) -> None:
     server = humans_only
-    app, alice, bob = server.key("app"), server.key("reviewer"), server.key("reviewer")
+    app, alice, bob = server.key("member_backend"), server.key("reviewer"), server.key("reviewer")
     first = submit(server, app, tiny_synthetic, 0)
     second = submit(server, app, tiny_synthetic, 1)
     with server.client(alice) as a, server.client(bob) as b:
@@ -114,12 +121,8 @@ def test_an_expired_lease_goes_to_the_next_reviewer(
         assert b.post(f"/v1/review/tasks/{other}/heartbeat").status_code == 409
         a.post(f"/v1/review/tasks/{other}/release")
         assert b.post("/v1/review/claim").json()["task"]["id"] == other
-        assert (
-            b.post(f"/v1/review/tasks/{other}/verdict", json={"outcome": "authentic"}).json()[
-                "status"
-            ]
-            == "finalized"
-        )
+        b.post(f"/v1/review/tasks/{other}/verdict", json={"outcome": "authentic"})
+        assert {whole(server, x["id"])["status"] for x in (first, second)} == {"finalized"}
     with server.client(app) as client:
         assert {
             client.get(f"/v1/appraisals/{x['id']}").json()["decision"]["outcome"]
@@ -132,7 +135,7 @@ def test_blind_double_review_and_senior_escalation(
 ) -> None:
     server = _start(tmp_path, tiny_model)
     try:
-        app = server.key("app")
+        app = server.key("member_backend")
         alice, bob, carol, senior = (server.key(r) for r in ("reviewer",) * 3 + ("senior",))
         item = submit(server, app, tiny_synthetic, 0, **HIGH_VALUE)
         assert item["decision"]["reviews_required"] == 2
@@ -142,10 +145,8 @@ def test_blind_double_review_and_senior_escalation(
             assert first["task"]["stage"] == "double" and first["task"]["blind"]
             assert first["appraisal"]["p_authentic"] is None
             assert all(p["score"] is None for p in first["photos"])
-            verdict = a.post(
-                f"/v1/review/tasks/{first['task']['id']}/verdict", json={"outcome": "authentic"}
-            ).json()
-            assert verdict["status"] == "in_review"  # one of two
+            a.post(f"/v1/review/tasks/{first['task']['id']}/verdict", json={"outcome": "authentic"})
+            assert whole(server, item["id"])["status"] == "in_review"  # one of two
             assert a.post("/v1/review/claim").status_code == 204  # not both halves
             second = b.post("/v1/review/claim").json()
             assert second["task"]["stage"] == "double" and second["other_verdicts"] == []
@@ -163,10 +164,11 @@ def test_blind_double_review_and_senior_escalation(
                 "counterfeit",
             ]
             assert escalation["appraisal"]["p_authentic"] is not None
-            final = s.post(
+            s.post(
                 f"/v1/review/tasks/{escalation['task']['id']}/verdict",
                 json={"outcome": "counterfeit"},
-            ).json()
+            )
+            final = whole(server, item["id"])
             assert final["status"] == "finalized" and final["decision"]["outcome"] == "counterfeit"
     finally:
         stop(server)
@@ -176,16 +178,17 @@ def test_needs_more_photos_rounds_end_inconclusive(
     humans_only: Server, tiny_synthetic: Path
 ) -> None:
     server = humans_only
-    app, alice = server.key("app"), server.key("reviewer")
+    app, alice = server.key("member_backend"), server.key("reviewer")
     appraisal = submit(server, app, tiny_synthetic)
     with server.client(alice) as reviewer, server.client(app) as member:
         for round_ in (1, 2, 3):
             task = reviewer.post("/v1/review/claim").json()
             assert task["appraisal"]["photo_rounds"] == round_
-            after = reviewer.post(
+            reviewer.post(
                 f"/v1/review/tasks/{task['task']['id']}/verdict",
                 json={"outcome": "needs_more_photos", "notes": "logo out of focus"},
-            ).json()
+            )
+            after = whole(server, appraisal["id"])
             if round_ < 3:
                 assert after["status"] == "awaiting_photos"
                 more = member.post(
@@ -193,7 +196,7 @@ def test_needs_more_photos_rounds_end_inconclusive(
                     files=item_photos(tiny_synthetic, round_)[:2],
                 )
                 assert more.status_code == 200 and more.json()["status"] == "in_review"
-                assert more.json()["decision"]["rule"] == "photos_for_reviewer"
+                assert whole(server, appraisal["id"])["decision"]["rule"] == "photos_for_reviewer"
         assert after["status"] == "finalized" and after["decision"]["outcome"] == "inconclusive"
 
 
@@ -211,7 +214,7 @@ def test_an_overdue_task_is_flagged_once(humans_only: Server, tiny_synthetic: Pa
     )
 
     server = humans_only
-    appraisal = submit(server, server.key("app"), tiny_synthetic)
+    appraisal = submit(server, server.key("member_backend"), tiny_synthetic)
     engine = make_engine(server.database_url or default_database_url(server.data_dir))
     sessions = make_sessionmaker(engine)
     with sessions() as session, session.begin():
@@ -239,7 +242,7 @@ def test_32_reviewers_on_postgresql_never_share_a_task(
     with postgres_database() as url:
         server = _start(tmp_path, None, url)
         try:
-            app = server.key("app")
+            app = server.key("member_backend")
             appraisals = [submit(server, app, tiny_synthetic, n % 8)["id"] for n in range(64)]
             keys = [server.key("reviewer") for _ in range(32)]
             seen: list[tuple[int, int]] = []
@@ -288,7 +291,7 @@ def test_gold_items_audit_sample_and_quality_numbers(
     policy.write_text("authentic_at: 0.5\ncounterfeit_at: 0.4999\naudit_share: 1.0\n")
     server = start_server(tmp_path / "data", tiny_model, policy=policy)
     try:
-        app, admin = server.key("app"), server.key("admin")
+        app, admin = server.key("member_backend"), server.key("admin")
         alice, senior = server.key("reviewer"), server.key("senior")
         audited = submit(server, app, tiny_synthetic, 0)
         assert audited["decision"]["rule"] == "audit_sample"
@@ -321,5 +324,131 @@ def test_gold_items_audit_sample_and_quality_numbers(
         assert numbers["queue_open"] == 0
         with server.client(alice) as client:
             assert client.get("/v1/review/quality").status_code == 403
+    finally:
+        stop(server)
+
+
+# -- the SLA clock: stopped while the member is to send photos -------------------------------------
+
+AUTO_POLICY = "authentic_at: 0.5\ncounterfeit_at: 0.4999\naudit_share: 0.0\n"
+
+
+def _age(server: Server, appraisal_id: str, hours: float) -> None:
+    """Move every timestamp of an appraisal back, as if all it went through happened `hours`
+    earlier (the server's clock is the machine's: the appraisal travels in time instead)."""
+    import datetime as dt
+
+    from sqlalchemy import DateTime, update
+
+    from serving.db import Appraisal, as_utc, default_database_url, make_engine
+
+    table = Appraisal.__table__
+    stamps = [c for c in table.columns if isinstance(c.type, DateTime)]
+    engine = make_engine(server.database_url or default_database_url(server.data_dir))
+    with engine.begin() as connection:
+        row = connection.execute(select(*stamps).where(table.c.id == appraisal_id)).one()
+        earlier = {
+            c.name: as_utc(value) - dt.timedelta(hours=hours)
+            for c, value in zip(stamps, row, strict=True)
+            if value is not None
+        }
+        connection.execute(update(table).where(table.c.id == appraisal_id).values(**earlier))
+    engine.dispose()
+
+
+def _compensation(server: Server, member: str) -> int:
+    with server.client(server.key("platform")) as platform:
+        answer = platform.get(f"/v1/members/{member}/benefits")
+        assert answer.status_code == 200, answer.text
+        return answer.json()["coupons"]["compensation_cny"]
+
+
+def _decide(server: Server, reviewer: str, outcome: str = "authentic") -> str:
+    """The next task's verdict; the status its appraisal is in then."""
+    with server.client(reviewer) as client:
+        task = client.post("/v1/review/claim").json()
+        answer = client.post(
+            f"/v1/review/tasks/{task['task']['id']}/verdict", json={"outcome": outcome}
+        )
+        assert answer.status_code == 200, answer.text
+    with server.client(server.key("platform")) as platform:
+        return platform.get(f"/v1/appraisals/{task['appraisal']['id']}").json()["status"]
+
+
+def test_waiting_for_the_members_photos_earns_no_sla_coupon(
+    humans_only: Server, tiny_synthetic: Path
+) -> None:
+    import datetime as dt
+
+    server = humans_only
+    alice = server.key("reviewer")
+    photos = item_photos(tiny_synthetic, 0)
+    with server.member_client("m-wait") as member:
+        # One photo, then the member waits two days (past the 48-hour SLA) before the rest.
+        first = member.post("/v1/appraisals", data=form(member="m-wait"), files=photos[:1])
+        assert first.json()["status"] == "awaiting_photos", first.text
+        _age(server, first.json()["id"], 49)
+        more = member.post(f"/v1/appraisals/{first.json()['id']}/photos", files=photos[1:])
+        assert more.status_code == 200 and more.json()["status"] == "in_review", more.text
+        due = dt.datetime.fromisoformat(more.json()["sla_due_at"])
+        assert due > dt.datetime.now(dt.UTC) + dt.timedelta(hours=47)  # the clock restarted
+    with server.member_client("m-late") as member:
+        # The control: an item that waited on the service past its SLA is compensated.
+        late = member.post("/v1/appraisals", data=form(member="m-late"), files=photos)
+        assert late.json()["status"] == "in_review", late.text
+        _age(server, late.json()["id"], 49)
+    assert _decide(server, alice) == _decide(server, alice) == "finalized"
+    assert _compensation(server, "m-late") == 500
+    assert _compensation(server, "m-wait") == 0
+
+
+def test_a_decision_the_model_takes_when_the_photos_arrive_is_never_late(
+    tmp_path: Path, tiny_model: Path, tiny_synthetic: Path
+) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(AUTO_POLICY)
+    server = start_server(tmp_path / "data", tiny_model, policy=policy)
+    try:
+        photos = item_photos(tiny_synthetic, 0)
+        with server.member_client("m-auto") as member:
+            first = member.post("/v1/appraisals", data=form(member="m-auto"), files=photos[:1])
+            assert first.json()["status"] == "awaiting_photos", first.text
+            _age(server, first.json()["id"], 49)
+            more = member.post(f"/v1/appraisals/{first.json()['id']}/photos", files=photos[1:])
+            assert more.status_code == 200 and more.json()["status"] == "decided", more.text
+        assert _compensation(server, "m-auto") == 0
+    finally:
+        stop(server)
+
+
+def test_photos_a_reviewer_asked_for_go_back_to_a_reviewer_even_after_a_bad_round(
+    tmp_path: Path, tiny_model: Path, tiny_synthetic: Path
+) -> None:
+    """The model never decides alone an item a reviewer is waiting to see again, however many
+    rounds the member's photos take."""
+    from tests.serving_support import jpeg
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(AUTO_POLICY)
+    server = start_server(tmp_path / "data", tiny_model, policy=policy)
+    dark = ("logo", ("dark.jpg", jpeg(color=(5, 5, 5), noise=False), "image/jpeg"))
+    try:
+        alice = server.key("reviewer")
+        with server.member_client("m-1") as member:
+            item = member.post(
+                "/v1/appraisals", data=form(), files=item_photos(tiny_synthetic, 0)
+            ).json()
+            assert item["status"] == "decided"
+            member.post(f"/v1/appraisals/{item['id']}/human-review")
+            assert _decide(server, alice, "needs_more_photos") == "awaiting_photos"
+            bad = member.post(f"/v1/appraisals/{item['id']}/photos", files=[dark]).json()
+            assert bad["status"] == "awaiting_photos"
+            good = member.post(
+                f"/v1/appraisals/{item['id']}/photos", files=item_photos(tiny_synthetic, 1)
+            ).json()
+            assert good["status"] == "in_review", good["decision"]
+        with server.client(server.key("platform")) as platform:
+            shown = platform.get(f"/v1/appraisals/{item['id']}").json()
+            assert shown["decision"]["rule"] == "photos_for_reviewer"
     finally:
         stop(server)

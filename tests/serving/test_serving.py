@@ -12,7 +12,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.serving_support import Server, form, item_photos, jpeg, start_server, stop
+from tests.serving_support import Server, announce, form, item_photos, jpeg, start_server, stop
 
 AUTO_POLICY = """
 # Thresholds the tiny test model can reach, and no audit draw, so that decisions are automatic.
@@ -40,10 +40,14 @@ def server(
 
 def test_the_appraisal_api(server: Server, tiny_synthetic: Path) -> None:
     app, platform, reviewer = server.key("app"), server.key("platform"), server.key("reviewer")
-    with server.client(app) as client:
+    with server.member_client("m-1", app) as client, server.client(platform) as staff:
+
+        def whole(answer: httpx.Response) -> dict:  # the app sees no scores: the platform does
+            return staff.get(f"/v1/appraisals/{answer.json()['id']}").json()
+
         created = client.post("/v1/appraisals", data=form(), files=item_photos(tiny_synthetic))
         assert created.status_code == 201, created.text
-        body = created.json()
+        body = whole(created)
         assert body["status"] == "decided" and body["decision"]["path"] == "auto"
         assert body["decision"]["outcome"] in ("authentic", "counterfeit")
         assert body["decision"]["rule"] in ("auto_authentic", "auto_counterfeit")
@@ -55,23 +59,29 @@ def test_the_appraisal_api(server: Server, tiny_synthetic: Path) -> None:
         # A person on request (PIPL art. 24), once.
         asked = client.post(f"/v1/appraisals/{body['id']}/human-review")
         assert asked.status_code == 200 and asked.json()["status"] == "in_review"
-        assert asked.json()["decision"]["rule"] == "member_requested"
+        assert whole(asked)["decision"]["rule"] == "member_requested"
         again = client.post(f"/v1/appraisals/{body['id']}/human-review")
         assert again.status_code == 409 and again.json()["code"] == "invalid_state"
 
-        # A VIP item always goes to a person; a high-value one needs two blind reviews.
-        vip = client.post(
-            "/v1/appraisals",
-            data=form(tier="collector", declared_value="80000"),
-            files=item_photos(tiny_synthetic, 1),
-        ).json()
+        # A VIP item always goes to a person; a high-value one needs two blind reviews. The
+        # member's tier is the membership platform's word.
+        announce(server, "m-1", "collector")
+        vip = whole(
+            client.post(
+                "/v1/appraisals",
+                data=form(tier="collector", declared_value="80000"),
+                files=item_photos(tiny_synthetic, 1),
+            )
+        )
         assert vip["status"] == "in_review" and vip["decision"]["path"] == "human"
         assert vip["decision"]["rule"] == "high_value" and vip["decision"]["reviews_required"] == 2
-        unknown = client.post(
-            "/v1/appraisals",
-            data={**form(), "category": "handkerchief"},
-            files=item_photos(tiny_synthetic, 2),
-        ).json()
+        unknown = whole(
+            client.post(
+                "/v1/appraisals",
+                data={**form(tier="collector"), "category": "handkerchief"},
+                files=item_photos(tiny_synthetic, 2),
+            )
+        )
         assert unknown["decision"]["rule"] == "unknown_category"
 
     with server.client(platform) as client:
@@ -111,7 +121,7 @@ def test_the_appraisal_api(server: Server, tiny_synthetic: Path) -> None:
 def test_idempotent_retries_under_concurrency_create_one_appraisal(
     server: Server, tiny_synthetic: Path
 ) -> None:
-    key = server.key("app")
+    key = server.key("member_backend")
     photos = item_photos(tiny_synthetic)
 
     def submit(_: int) -> httpx.Response:
@@ -185,7 +195,7 @@ def test_every_bad_upload_gets_its_own_4xx(tmp_path: Path, tiny_model: Path, pol
         ({}, [good], {"Idempotency-Key": "bad key!"}, 422, "invalid_idempotency_key"),
     ]
     try:
-        key = server.key("app")
+        key = server.key("member_backend")
         with server.client(key) as client:
             for fields, files, headers, status, code in cases:
                 data = {k: v for k, v in {**form(), **fields}.items() if v}
@@ -228,14 +238,21 @@ def _multipart_fields_only(fields: dict[str, str]) -> bytes:
 
 
 def test_an_unusable_photo_asks_for_more_photos(server: Server, tiny_synthetic: Path) -> None:
-    key = server.key("app")
+    key = server.key("member_backend")
     dark = ("logo", ("dark.jpg", jpeg(color=(5, 5, 5), noise=False), "image/jpeg"))
-    with server.client(key) as client:
+    with server.client(key) as client, server.client(server.key("platform")) as staff:
+
+        def whole(appraisal_id: str) -> dict:  # with the rule and the problems' codes
+            return staff.get(f"/v1/appraisals/{appraisal_id}").json()
+
         first = client.post(
             "/v1/appraisals", data=form(), files=[*item_photos(tiny_synthetic)[:2], dark]
         )
         assert first.status_code == 201
-        body = first.json()
+        assert [f["problems"] for f in first.json()["findings"] if not f["usable"]] == [
+            ["too dark"]  # in words for the member
+        ]
+        body = whole(first.json()["id"])
         assert body["status"] == "awaiting_photos" and body["decision"]["rule"] == (
             "needs_more_photos"
         )
@@ -260,7 +277,7 @@ def test_an_unusable_photo_asks_for_more_photos(server: Server, tiny_synthetic: 
             for _ in range(2)
         ]
         assert [r["status"] for r in rounds] == ["awaiting_photos", "in_review"]
-        assert rounds[-1]["decision"]["rule"] == "photos_exhausted"
+        assert whole(rounds[-1]["id"])["decision"]["rule"] == "photos_exhausted"
         assert rounds[-1]["photo_rounds"] == 3
 
 
@@ -272,10 +289,11 @@ def test_without_a_model_uploads_are_kept_and_go_to_people(
         with server.client() as anonymous:
             ready = anonymous.get("/readyz")
             assert ready.status_code == 503 and ready.json()["model"] is False
-        with server.client(server.key("app")) as client:
+        with server.client(server.key("member_backend")) as client:
             answer = client.post("/v1/appraisals", data=form(), files=item_photos(tiny_synthetic))
             assert answer.status_code == 201
-            body = answer.json()
+        with server.client(server.key("platform")) as staff:
+            body = staff.get(f"/v1/appraisals/{answer.json()['id']}").json()
             assert body["status"] == "in_review" and body["decision"]["rule"] == (
                 "model_unavailable"
             )
@@ -292,7 +310,7 @@ def test_a_full_queue_answers_503_with_retry_after(
     # A queue smaller than one item's photos can never take them: every scoring is refused.
     server = start_server(tmp_path / "data", tiny_model, extra=["--max-queue", "2"])
     try:
-        with server.client(server.key("app")) as client:
+        with server.client(server.key("member_backend")) as client:
             answer = client.post("/v1/appraisals", data=form(), files=item_photos(tiny_synthetic))
             assert answer.status_code == 503 and answer.json()["code"] == "overloaded"
             assert int(answer.headers["Retry-After"]) >= 1
@@ -308,7 +326,7 @@ def test_a_killed_server_keeps_every_acknowledged_appraisal(
     import time
 
     server = start_server(tmp_path / "data", tiny_model, database_url)
-    key = server.key("app")
+    key = server.key("member_backend")
     acknowledged: list[str] = []
     stop_sending = threading.Event()
 
@@ -377,7 +395,7 @@ def test_admins_switch_models_without_dropping_requests(
     (other / "model.json").write_text(json.dumps(card))
     server = start_server(tmp_path / "data", tiny_model, extra=["--max-wait-ms", "20"])
     try:
-        app, admin = server.key("app"), server.key("admin")
+        app, admin = server.key("member_backend"), server.key("admin")
         answers: list[httpx.Response] = []
         done = threading.Event()
 
@@ -428,10 +446,34 @@ def test_photos_are_encrypted_at_rest_when_a_key_is_set(
     monkeypatch.setenv("TOUCHSTONE_PHOTO_KEY", base64.b64encode(os.urandom(32)).decode())
     server = start_server(tmp_path / "data", None)
     try:
-        with server.client(server.key("app")) as client:
+        with server.client(server.key("member_backend")) as client:
             answer = client.post("/v1/appraisals", data=form(), files=item_photos(tiny_synthetic))
             assert answer.status_code == 201
         stored = [p for p in (tmp_path / "data" / "photos").rglob("*") if p.is_file()]
         assert stored and not any(p.read_bytes().startswith(b"\xff\xd8") for p in stored)
     finally:
         stop(server)
+
+
+def _stored_photos(data_dir: Path) -> list[Path]:
+    return [p for p in (data_dir / "photos").rglob("*") if p.is_file()]
+
+
+def test_a_refused_upload_leaves_no_photo_in_the_store(
+    tmp_path: Path, tiny_model: Path, tiny_synthetic: Path
+) -> None:
+    """Photos are written only once the upload is accepted: an upload refused after its photos
+    were decoded (a bad photo among good ones, a full model queue) leaves no file that no
+    appraisal points at, which erasure would never find."""
+    # A queue smaller than one item's photos: every scoring is refused with a 503.
+    server = start_server(tmp_path / "data", tiny_model, extra=["--max-queue", "2"])
+    try:
+        with server.member_client("m-1") as client:
+            mixed = [*item_photos(tiny_synthetic, 0)[:2], ("logo", ("x.jpg", b"no", "image/jpeg"))]
+            answer = client.post("/v1/appraisals", data=form(), files=mixed)
+            assert answer.status_code == 422 and answer.json()["code"] == "not_an_image"
+            answer = client.post("/v1/appraisals", data=form(), files=item_photos(tiny_synthetic))
+            assert answer.status_code == 503 and answer.json()["code"] == "overloaded"
+    finally:
+        stop(server)  # waits for the worker threads, so no late write is missed
+    assert _stored_photos(tmp_path / "data") == []

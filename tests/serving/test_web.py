@@ -17,7 +17,7 @@ from playwright.sync_api import Browser, Page, expect
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from tests.serving_support import Server, form, item_photos, start_server, stop
+from tests.serving_support import Server, announce, form, item_photos, start_server, stop
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -39,17 +39,24 @@ def humans_only(tmp_path: Path) -> Iterator[Server]:
 
 
 def submit(server: Server, manifest: Path, index: int = 0, **fields: str) -> dict:
-    with server.client(server.key("app")) as client:
+    """Submitted by a member back end; the whole appraisal, as the platform reads it."""
+    with server.client(server.key("member_backend")) as client:
         answer = client.post(
             "/v1/appraisals", data=form(**fields), files=item_photos(manifest, index)
         )
     assert answer.status_code == 201, answer.text
-    return answer.json()
+    return appraisal(server, answer.json()["id"])
 
 
 def appraisal(server: Server, appraisal_id: str) -> dict:
     with server.client(server.key("platform")) as client:
         return client.get(f"/v1/appraisals/{appraisal_id}").json()
+
+
+def key_parts(key: str) -> tuple[str, str, str]:
+    """`tsk`, the prefix and the secret: the secret may itself hold `_`, so split twice only."""
+    tsk, prefix, secret = key.split("_", 2)
+    return tsk, prefix, secret
 
 
 def sign_in(page: Page, server: Server, key: str) -> None:
@@ -96,7 +103,8 @@ def test_sign_in_sessions_and_csrf(humans_only: Server, page: Page) -> None:
     expect(page).to_have_url(server.url + "/review/history")  # back where it was going
     cookie = next(c for c in page.context.cookies() if c["name"] == "touchstone_review")
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
-    assert reviewer.split("_", 2)[2] not in cookie["value"] and reviewer not in cookie["value"]
+    _, prefix, secret = key_parts(reviewer)
+    assert secret not in cookie["value"] and reviewer not in cookie["value"]
     assert (server.data_dir / "web-secret").stat().st_mode & 0o777 == 0o600
 
     # A form POST without the page's token is refused, with the cookie or not.
@@ -109,9 +117,7 @@ def test_sign_in_sessions_and_csrf(humans_only: Server, page: Page) -> None:
 
     with database(server) as session:
         session.execute(
-            update(ApiKey)
-            .where(ApiKey.prefix == reviewer.split("_")[1])
-            .values(revoked_at=dt.datetime.now(dt.UTC))
+            update(ApiKey).where(ApiKey.prefix == prefix).values(revoked_at=dt.datetime.now(dt.UTC))
         )
     page.goto(server.url + "/review")
     expect(page.locator(".message.error")).to_contain_text("revoked")
@@ -236,7 +242,8 @@ def test_disagreement_escalates_to_a_senior(
             f"/v1/review/tasks/{task}/verdict",
             json={"outcome": "counterfeit", "notes": "letter spacing off"},
         )
-        assert answer.json()["status"] == "in_review"
+        assert answer.status_code == 200, answer.text
+        assert appraisal(server, answer.json()["appraisal_id"])["status"] == "in_review"
 
     senior = browser.new_page()
     sign_in(senior, server, server.key("senior"))
@@ -264,7 +271,8 @@ def test_heatmap_from_the_served_model(
     server = start_server(tmp_path / "data", tiny_model)
     try:
         # A VIP item always goes to a person, and its review is not blind; it is due first.
-        submit(server, tiny_synthetic, tier="collector")
+        announce(server, "m-vip", "collector")
+        submit(server, tiny_synthetic, member="m-vip", tier="collector")
         blind = submit(server, tiny_synthetic, 1, declared_value="80000")
         sign_in(page, server, server.key("reviewer"))
         claim(page)
@@ -329,3 +337,27 @@ def test_occlusion_finds_where_the_model_looks() -> None:
     assert overlay.size == (768, 512) and overlay.mode == "RGBA"
     alpha = np.asarray(overlay)[..., 3]
     assert alpha[:20, :20].min() > 100 and alpha[-100:, -100:].max() == 0
+
+
+def test_a_non_ascii_csrf_token_is_refused_not_a_crash(humans_only: Server) -> None:
+    import httpx
+
+    server = humans_only
+    with httpx.Client(base_url=server.url, headers={"Accept": "text/html"}) as browser:
+        assert browser.get("/review/login").status_code == 200
+        forged = browser.post(
+            "/review/login", data={"key": server.key("reviewer"), "csrf_token": "jeton-forgé"}
+        )
+        assert forged.status_code == 400, forged.text  # the sign-in form, shown again
+        token = re.search(r'name="csrf_token" value="([^"]+)"', forged.text)
+        assert token is not None
+        signed = browser.post(
+            "/review/login", data={"key": server.key("reviewer"), "csrf_token": token.group(1)}
+        )
+        assert signed.status_code == 303
+        claim = browser.post("/review/claim", data={"csrf_token": "ünïcödé"})
+        assert claim.status_code == 403, claim.text
+        answer = browser.post(
+            "/review/claim", data={"csrf_token": "ünïcödé"}, headers={"Accept": "*/*"}
+        )
+        assert answer.status_code == 403 and answer.json()["code"] == "csrf_failed"

@@ -77,3 +77,27 @@ def test_item_pattern_must_have_a_group(tmp_path: Path) -> None:
     result = import_folder(tmp_path, tmp_path / "m.csv", item_pattern=r"^(x\d)")
     assert [r.item_id for r in result.records] == ["x1"]
     assert result.skipped and result.skipped[0].code == "no_item_id"
+
+
+def test_imports_the_formats_the_service_accepts(tmp_path: Path) -> None:
+    """The suffixes come from touchstone.imaging's allowlist: a BMP, TIFF or GIF is not
+    imported (decoding would refuse it), a HEIC or HEIF from a phone is."""
+    import touchstone.imaging  # noqa: F401 (registers the HEIF encoder too)
+
+    folder = tmp_path / "photos" / "authentic" / "logo"
+    folder.mkdir(parents=True)
+    for name, fmt in [
+        ("a.jpg", "JPEG"),
+        ("b.PNG", "PNG"),
+        ("c.webp", "WEBP"),
+        ("d.heic", "HEIF"),
+        ("e.HEIF", "HEIF"),
+        ("f.bmp", "BMP"),
+        ("g.tif", "TIFF"),
+        ("h.tiff", "TIFF"),
+        ("i.gif", "GIF"),
+    ]:
+        Image.new("RGB", (40, 40), (120, 80, 40)).save(folder / name, format=fmt)
+    result = import_folder(tmp_path / "photos", tmp_path / "out" / "manifest.csv")
+    imported = sorted(Path(r.image).name for r in load_manifest(result.manifest).records)
+    assert imported == ["a.jpg", "b.PNG", "c.webp", "d.heic", "e.HEIF"]

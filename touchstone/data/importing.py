@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from touchstone.data.manifest import DatasetInfo, Issue, PhotoRecord, write_manifest
+from touchstone.imaging import ACCEPTED_SUFFIXES
 from touchstone.vocabulary import DEFAULT_REGIONS, LABELS
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+# The formats the decoder accepts, and no others: a photo imported here must decode in training.
+IMAGE_SUFFIXES = ACCEPTED_SUFFIXES
 UNLABELLED_FOLDERS = {"unlabelled", "unlabeled"}
 
 
