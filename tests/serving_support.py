@@ -98,12 +98,30 @@ class Server:
         client.headers["X-Member-Token"] = self.member_token(member)
         return client
 
-    def key(self, role: str, expires_at: dt.datetime | None = None) -> str:
-        from serving.auth import create_key
+    def database(self):  # -> tuple[Engine, sessionmaker]
+        """The server's database, from the test's side (dispose of the engine when done)."""
         from serving.db import default_database_url, make_engine, make_sessionmaker
 
         engine = make_engine(self.database_url or default_database_url(self.data_dir))
-        with make_sessionmaker(engine)() as session:
+        return engine, make_sessionmaker(engine)
+
+    def touchstone(self, *args: str):  # -> click.testing.Result
+        """A `touchstone` command, in process, on the server's data directory and database."""
+        from typer.testing import CliRunner
+
+        from cli import app
+
+        return CliRunner().invoke(
+            app,
+            [*args, "--data-dir", str(self.data_dir)],
+            env={"TOUCHSTONE_DATABASE_URL": self.database_url},  # None: unset, SQLite
+        )
+
+    def key(self, role: str, expires_at: dt.datetime | None = None) -> str:
+        from serving.auth import create_key
+
+        engine, sessions = self.database()
+        with sessions() as session:
             key = create_key(session, role, expires_at=expires_at)
         engine.dispose()
         return key

@@ -37,6 +37,24 @@ class ModelRef(BaseModel):
     version: str | None
 
 
+def _item_fields(appraisal: Appraisal) -> dict[str, object]:
+    """What both views say of the item itself, as they both name it."""
+    return {
+        "id": appraisal.id,
+        "status": Status(appraisal.status),
+        "member_id": appraisal.member_id,
+        "member_tier": appraisal.member_tier,
+        "category": appraisal.category,
+        "brand": appraisal.brand,
+        "declared_value": appraisal.declared_value_cny,
+        "model": ModelRef(name=appraisal.model_name, version=appraisal.model_version),
+        "photo_rounds": appraisal.photo_rounds,
+        "created_at": as_utc(appraisal.created_at),
+        "updated_at": as_utc(appraisal.updated_at),
+        "sla_due_at": as_utc(appraisal.sla_due_at),
+    }
+
+
 class AppraisalOut(BaseModel):
     id: str
     status: Status
@@ -56,13 +74,7 @@ class AppraisalOut(BaseModel):
     @classmethod
     def of(cls, appraisal: Appraisal) -> AppraisalOut:
         return cls(
-            id=appraisal.id,
-            status=Status(appraisal.status),
-            member_id=appraisal.member_id,
-            member_tier=appraisal.member_tier,
-            category=appraisal.category,
-            brand=appraisal.brand,
-            declared_value=appraisal.declared_value_cny,
+            **_item_fields(appraisal),
             decision=Decision(
                 outcome=appraisal.outcome,  # type: ignore[arg-type]
                 path=appraisal.path,  # type: ignore[arg-type]
@@ -83,11 +95,6 @@ class AppraisalOut(BaseModel):
                 )
                 for p in appraisal.photos
             ],
-            model=ModelRef(name=appraisal.model_name, version=appraisal.model_version),
-            photo_rounds=appraisal.photo_rounds,
-            created_at=as_utc(appraisal.created_at),
-            updated_at=as_utc(appraisal.updated_at),
-            sla_due_at=as_utc(appraisal.sla_due_at),
         )
 
 
@@ -147,13 +154,7 @@ class MemberAppraisalOut(BaseModel):
         else:
             reasons = [MEMBER_REASONS[status]]
         return cls(
-            id=appraisal.id,
-            status=status,
-            member_id=appraisal.member_id,
-            member_tier=appraisal.member_tier,
-            category=appraisal.category,
-            brand=appraisal.brand,
-            declared_value=appraisal.declared_value_cny,
+            **_item_fields(appraisal),
             decision=MemberDecision(
                 outcome=appraisal.outcome,  # type: ignore[arg-type]
                 path=appraisal.path,  # type: ignore[arg-type]
@@ -169,11 +170,6 @@ class MemberAppraisalOut(BaseModel):
                 )
                 for p in appraisal.photos
             ],
-            model=ModelRef(name=appraisal.model_name, version=appraisal.model_version),
-            photo_rounds=appraisal.photo_rounds,
-            created_at=as_utc(appraisal.created_at),
-            updated_at=as_utc(appraisal.updated_at),
-            sla_due_at=as_utc(appraisal.sla_due_at),
         )
 
 

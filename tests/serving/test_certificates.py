@@ -56,21 +56,6 @@ def humans_only(tmp_path: Path, database_url: str | None) -> Iterator[Server]:
     stop(server)
 
 
-def _sessions(server: Server):  # -> tuple[Engine, sessionmaker]
-    from serving.db import default_database_url, make_engine, make_sessionmaker
-
-    engine = make_engine(server.database_url or default_database_url(server.data_dir))
-    return engine, make_sessionmaker(engine)
-
-
-def _touchstone(server: Server, *args: str) -> Any:
-    return runner.invoke(
-        cli,
-        [*args, "--data-dir", str(server.data_dir)],
-        env={"TOUCHSTONE_DATABASE_URL": server.database_url},  # None: unset, SQLite
-    )
-
-
 def _submit(server: Server, key: str, manifest: Path, index: int, member: str) -> dict:
     with server.client(key) as client:
         answer = client.post(
@@ -108,7 +93,7 @@ def _review_all(server: Server, key: str, outcome: str = "authentic") -> list[st
 def _certificates(server: Server) -> list[Any]:
     from serving.db import Certificate
 
-    engine, sessions = _sessions(server)
+    engine, sessions = server.database()
     with sessions() as session:
         found = list(session.scalars(select(Certificate).order_by(Certificate.seq)))
     engine.dispose()
@@ -116,7 +101,7 @@ def _certificates(server: Server) -> list[Any]:
 
 
 def _execute(server: Server, statement: Any) -> None:
-    engine, sessions = _sessions(server)
+    engine, sessions = server.database()
     with sessions() as session, session.begin():
         session.execute(statement)
     engine.dispose()
@@ -177,19 +162,19 @@ def test_finalized_appraisals_get_certificates_in_a_verifiable_chain(
         missing = anyone.get("/v1/certificates/NOSUCHCODE00")
         assert missing.status_code == 404 and missing.json()["code"] == "not_found"
 
-    verified = _touchstone(server, "certificates", "verify")
+    verified = server.touchstone("certificates", "verify")
     assert verified.exit_code == 0, verified.output
     assert "intact" in verified.output and "3 certificate(s)" in verified.output
 
     head_file = tmp_path / "head.json"
-    exported = _touchstone(server, "certificates", "head", "--out", str(head_file))
+    exported = server.touchstone("certificates", "head", "--out", str(head_file))
     assert exported.exit_code == 0, exported.output
     head = json.loads(head_file.read_text())
     assert head["seq"] == 3 and head["code"] == chain[2].code and head["hash"] == chain[2].hash
     assert head["created_at"]
 
     jsonl = tmp_path / "chain.jsonl"
-    assert _touchstone(server, "certificates", "export", "--out", str(jsonl)).exit_code == 0
+    assert server.touchstone("certificates", "export", "--out", str(jsonl)).exit_code == 0
     offline = runner.invoke(cli, ["certificates", "verify", "--file", str(jsonl)])
     assert offline.exit_code == 0, offline.output
 
@@ -197,24 +182,24 @@ def test_finalized_appraisals_get_certificates_in_a_verifiable_chain(
     second = chain[1]
     edited = {**second.body, "outcome": "counterfeit"}
     _execute(server, update(Certificate).where(Certificate.seq == 2).values(body=edited))
-    broken = _touchstone(server, "certificates", "verify")
+    broken = server.touchstone("certificates", "verify")
     assert broken.exit_code == 1, broken.output
     assert "seq 2" in broken.output and second.code in broken.output
     assert "body_edited" in broken.output
     with server.client() as anyone:
         assert not anyone.get(f"/v1/certificates/{second.code}").json()["hash_matches"]
     _execute(server, update(Certificate).where(Certificate.seq == 2).values(body=second.body))
-    assert _touchstone(server, "certificates", "verify").exit_code == 0
+    assert server.touchstone("certificates", "verify").exit_code == 0
 
     # Separately: point certificate 2 at another previous hash.
     _execute(server, update(Certificate).where(Certificate.seq == 2).values(prev_hash="f" * 64))
-    broken = _touchstone(server, "certificates", "verify")
+    broken = server.touchstone("certificates", "verify")
     assert broken.exit_code == 1
     assert "seq 2" in broken.output and "prev_hash_mismatch" in broken.output
     _execute(
         server, update(Certificate).where(Certificate.seq == 2).values(prev_hash=second.prev_hash)
     )
-    assert _touchstone(server, "certificates", "verify").exit_code == 0
+    assert server.touchstone("certificates", "verify").exit_code == 0
 
     # The exported file, edited, fails offline at the same link.
     lines = jsonl.read_text().splitlines()
@@ -318,7 +303,7 @@ def test_erasure_removes_photos_and_derived_data_and_keeps_the_chain(
     assert not any(stored(own))
     assert all(stored(shared)) and all(stored(other))  # another member holds them
 
-    engine, sessions = _sessions(server)
+    engine, sessions = server.database()
     with sessions() as session:
         ids = [own["id"], shared["id"]]
         for photo in session.scalars(select(Photo).where(Photo.appraisal_id.in_(ids))):
@@ -335,7 +320,7 @@ def test_erasure_removes_photos_and_derived_data_and_keeps_the_chain(
     engine.dispose()
 
     # The chain is untouched and still verifies; the certificates still show the hashes.
-    assert _touchstone(server, "certificates", "verify").exit_code == 0
+    assert server.touchstone("certificates", "verify").exit_code == 0
     chain = {c.appraisal_id: c for c in _certificates(server)}
     with server.client() as anyone:
         view = anyone.get(f"/v1/certificates/{chain[own['id']].code}").json()
@@ -344,7 +329,7 @@ def test_erasure_removes_photos_and_derived_data_and_keeps_the_chain(
 
     # The training export leaves the member out.
     out = tmp_path / "export" / "reviews.csv"
-    exported = _touchstone(server, "data", "export-reviews", "--out", str(out))
+    exported = server.touchstone("data", "export-reviews", "--out", str(out))
     assert exported.exit_code == 0, exported.output
     text = out.read_text()
     assert other["id"] in text
@@ -393,11 +378,11 @@ def test_the_chain_stays_linear_under_concurrent_finalizations(
             assert [c.seq for c in chain] == list(range(1, len(submitted) + 1))
             assert len({c.appraisal_id for c in chain}) == len(submitted)
             assert len({c.prev_hash for c in chain}) == len(chain)  # no fork
-            engine, sessions = _sessions(server)
+            engine, sessions = server.database()
             with sessions() as session:
                 assert certificates.verify(certificates.links_from_db(session)).ok
             engine.dispose()
-            assert _touchstone(server, "certificates", "verify").exit_code == 0
+            assert server.touchstone("certificates", "verify").exit_code == 0
         finally:
             stop(server)
 
@@ -446,7 +431,7 @@ def test_an_overturn_issues_a_certificate_that_supersedes_the_old(
     third = _certificates(server)[2]
     assert _view(server, second.code)["superseded_by"] == third.code
     assert _view(server, third.code)["body"]["supersedes"] == second.code
-    assert _touchstone(server, "certificates", "verify").exit_code == 0
+    assert server.touchstone("certificates", "verify").exit_code == 0
 
 
 def test_a_final_verdict_that_overturns_the_model_issues_one_certificate(
@@ -560,7 +545,7 @@ def test_the_public_view_names_no_reviewer_rule_or_tier(
         assert set(view["body"]["photos"][0]) == {"region", "round", "sha256"}
 
     # An old certificate, appended as version 1 wrote it.
-    engine, sessions = _sessions(server)
+    engine, sessions = server.database()
     with sessions() as session, session.begin():
         head = session.scalar(select(Certificate).order_by(Certificate.seq.desc()).limit(1))
         assert head is not None
@@ -587,7 +572,7 @@ def test_the_public_view_names_no_reviewer_rule_or_tier(
     _submit(server, app, tiny_synthetic, 2, "member-7733")
     _review_all(server, alice)
     assert _certificates(server)[-1].prev_hash == old["hash"]
-    verified = _touchstone(server, "certificates", "verify")
+    verified = server.touchstone("certificates", "verify")
     assert verified.exit_code == 0 and "4 certificate(s)" in verified.output, verified.output
 
 
@@ -633,7 +618,7 @@ def _rewrite(server: Server, seq: int, outcome: str) -> None:
     from serving.certificates import link_hash
     from serving.db import Certificate
 
-    engine, sessions = _sessions(server)
+    engine, sessions = server.database()
     with sessions() as session, session.begin():
         chain = list(session.scalars(select(Certificate).order_by(Certificate.seq)))
         prev = chain[seq - 2].hash
@@ -666,40 +651,40 @@ def test_a_rewritten_chain_fails_against_a_signed_head_exported_earlier(
     head_file.write_text(json.dumps(head))
 
     public = tmp_path / "chain-key.pub"
-    shown = _touchstone(server, "certificates", "public-key", "--out", str(public))
+    shown = server.touchstone("certificates", "public-key", "--out", str(public))
     assert shown.exit_code == 0, shown.output
     assert head["key_id"] in shown.output and "PUBLIC KEY" in public.read_text()
     exported = tmp_path / "head-cli.json"
-    assert _touchstone(server, "certificates", "head", "--out", str(exported)).exit_code == 0
+    assert server.touchstone("certificates", "head", "--out", str(exported)).exit_code == 0
     assert json.loads(exported.read_text())["signed"]  # the command signs as the API does
 
-    checked = _touchstone(server, "certificates", "verify", "--head", str(head_file))
+    checked = server.touchstone("certificates", "verify", "--head", str(head_file))
     assert checked.exit_code == 0, checked.output
     assert "head seq 3" in checked.output and "signature" in checked.output
     # The chain grows past the head: the head still holds for its part.
     _submit(server, app, tiny_synthetic, 3, "member-623")
     _review_all(server, alice)
     jsonl = tmp_path / "chain.jsonl"
-    assert _touchstone(server, "certificates", "export", "--out", str(jsonl)).exit_code == 0
+    assert server.touchstone("certificates", "export", "--out", str(jsonl)).exit_code == 0
     offline = ["certificates", "verify", "--file", str(jsonl), "--head", str(head_file)]
     answer = runner.invoke(cli, [*offline, "--public-key", str(public)])
     assert answer.exit_code == 0, answer.output
 
     # Rewrite from seq 2 on: every link checks out, only the head tells.
     _rewrite(server, 2, "counterfeit")
-    assert _touchstone(server, "certificates", "verify").exit_code == 0
-    broken = _touchstone(server, "certificates", "verify", "--head", str(head_file))
+    assert server.touchstone("certificates", "verify").exit_code == 0
+    broken = server.touchstone("certificates", "verify", "--head", str(head_file))
     assert broken.exit_code == 1, broken.output
     assert "head_mismatch" in broken.output and "seq 3" in broken.output
     jsonl_after = tmp_path / "chain-after.jsonl"
-    assert _touchstone(server, "certificates", "export", "--out", str(jsonl_after)).exit_code == 0
+    assert server.touchstone("certificates", "export", "--out", str(jsonl_after)).exit_code == 0
     offline = ["certificates", "verify", "--file", str(jsonl_after), "--head", str(head_file)]
     assert runner.invoke(cli, [*offline, "--public-key", str(public)]).exit_code == 1
 
     # Cut the chain back to before the head: links are missing.
     _execute(server, delete(Certificate).where(Certificate.seq >= 3))
-    assert _touchstone(server, "certificates", "verify").exit_code == 0
-    cut = _touchstone(server, "certificates", "verify", "--head", str(head_file))
+    assert server.touchstone("certificates", "verify").exit_code == 0
+    cut = server.touchstone("certificates", "verify", "--head", str(head_file))
     assert cut.exit_code == 1 and "head_missing" in cut.output, cut.output
 
 
@@ -715,7 +700,7 @@ def test_a_head_with_a_bad_signature_fails(
     def check(name: str, changed: dict, *more: str) -> Any:
         path = tmp_path / f"{name}.json"
         path.write_text(json.dumps({**head, **changed}))
-        return _touchstone(server, "certificates", "verify", "--head", str(path), *more)
+        return server.touchstone("certificates", "verify", "--head", str(path), *more)
 
     assert check("genuine", {}).exit_code == 0
     signature = bytearray(base64.b64decode(head["signature"]))
@@ -731,7 +716,7 @@ def test_a_head_with_a_bad_signature_fails(
     assert unsigned.exit_code == 1 and "unsigned" in unsigned.output, unsigned.output
     garbled = tmp_path / "garbled.json"
     garbled.write_text("{not json")
-    answer = _touchstone(server, "certificates", "verify", "--head", str(garbled))
+    answer = server.touchstone("certificates", "verify", "--head", str(garbled))
     assert answer.exit_code == 2, answer.output
 
 
@@ -747,11 +732,11 @@ def test_without_a_key_the_head_is_served_unsigned(humans_only: Server, tmp_path
     assert head["signed"] is False and head["signature"] is None and head["key_id"] is None
     path = tmp_path / "head.json"
     path.write_text(json.dumps(head))
-    refused = _touchstone(server, "certificates", "verify", "--head", str(path))
+    refused = server.touchstone("certificates", "verify", "--head", str(path))
     assert refused.exit_code == 1 and "unsigned" in refused.output, refused.output
-    accepted = _touchstone(server, "certificates", "verify", "--head", str(path), "--unsigned")
+    accepted = server.touchstone("certificates", "verify", "--head", str(path), "--unsigned")
     assert accepted.exit_code == 0, accepted.output
-    nokey = _touchstone(server, "certificates", "public-key")
+    nokey = server.touchstone("certificates", "public-key")
     assert nokey.exit_code == 2 and "TOUCHSTONE_CERTIFICATE_KEY" in nokey.output
 
 

@@ -11,16 +11,12 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import select
-from typer.testing import CliRunner
 
-from cli import app as cli
 from tests.serving_support import Server, form, item_photos, jpeg, start_server, stop
 
-runner = CliRunner()
 DAY = 24 * 3600
 
 
@@ -29,21 +25,6 @@ def humans_only(tmp_path: Path, database_url: str | None) -> Iterator[Server]:
     server = start_server(tmp_path / "data", None, database_url)
     yield server
     stop(server)
-
-
-def _sessions(server: Server):  # -> tuple[Engine, sessionmaker]
-    from serving.db import default_database_url, make_engine, make_sessionmaker
-
-    engine = make_engine(server.database_url or default_database_url(server.data_dir))
-    return engine, make_sessionmaker(engine)
-
-
-def _touchstone(server: Server, *args: str) -> Any:
-    return runner.invoke(
-        cli,
-        [*args, "--data-dir", str(server.data_dir)],
-        env={"TOUCHSTONE_DATABASE_URL": server.database_url},  # None: unset, SQLite
-    )
 
 
 def _submit(server: Server, key: str, manifest: Path, index: int, member: str) -> dict:
@@ -100,12 +81,12 @@ def test_orphan_files_past_the_grace_period_are_collected(
     for path in [*named, old_orphan, half_written]:
         _age(path, 2 * DAY)
 
-    dry = _touchstone(server, "photos", "collect-orphans", "--dry-run")
+    dry = server.touchstone("photos", "collect-orphans", "--dry-run")
     assert dry.exit_code == 0, dry.output
     assert old_orphan.exists() and half_written.exists()
     assert re.search(r"orphans\W+1\b", dry.output), dry.output
 
-    done = _touchstone(server, "photos", "collect-orphans", "--older-than-hours", "24")
+    done = server.touchstone("photos", "collect-orphans", "--older-than-hours", "24")
     assert done.exit_code == 0, done.output
     assert not old_orphan.exists() and not half_written.exists()
     assert fresh_orphan.exists() and all(p.exists() for p in named)
@@ -115,9 +96,7 @@ def test_orphan_files_past_the_grace_period_are_collected(
 
     # A shorter grace period reaches the fresh one too.
     _age(fresh_orphan, 3 * 3600)
-    assert (
-        _touchstone(server, "photos", "collect-orphans", "--older-than-hours", "2").exit_code == 0
-    )
+    assert server.touchstone("photos", "collect-orphans", "--older-than-hours", "2").exit_code == 0
     assert not fresh_orphan.exists() and all(p.exists() for p in named)
 
 
@@ -187,7 +166,7 @@ def test_erasure_scrubs_the_member_from_events_not_yet_sent(
     stays = _submit(server, app, tiny_synthetic, 1, "member-stays")
     _review_all(server, alice)  # no webhooks: every event is still pending
     in_review = _submit(server, app, tiny_synthetic, 2, "member-gone")
-    engine, sessions = _sessions(server)
+    engine, sessions = server.database()
     with sessions() as session, session.begin():
         dead = session.scalars(
             select(OutboxEvent).where(
@@ -241,16 +220,15 @@ def test_erasure_names_the_exports_that_held_the_member(
     stays = _submit(server, app, tiny_synthetic, 1, "member-stays")
     _review_all(server, alice)
     both = tmp_path / "first" / "reviews.csv"
-    done = _touchstone(server, "data", "export-reviews", "--out", str(both))
+    done = server.touchstone("data", "export-reviews", "--out", str(both))
     assert done.exit_code == 0, done.output
     later = _submit(server, app, tiny_synthetic, 2, "member-stays")
     _review_all(server, alice)
     only_stays = tmp_path / "second" / "reviews.csv"
-    engine, sessions = _sessions(server)
+    engine, sessions = server.database()
     with sessions() as session:
         first_id = session.scalars(select(TrainingExport.id)).one()
-    done = _touchstone(
-        server,
+    done = server.touchstone(
         "data",
         "export-reviews",
         "--out",
@@ -285,7 +263,7 @@ def test_erasure_names_the_exports_that_held_the_member(
 
     # The next export leaves the erased members out, and its record holds none of them.
     after = tmp_path / "after" / "reviews.csv"
-    done = _touchstone(server, "data", "export-reviews", "--out", str(after))
+    done = server.touchstone("data", "export-reviews", "--out", str(after))
     assert done.exit_code == 0, done.output
     assert "nothing to export" in done.output and not after.exists()
 
@@ -294,7 +272,7 @@ def _after(server: Server, *appraisals: dict) -> str:
     """An ISO time just after these appraisals were finalized."""
     from serving.db import Appraisal, iso_utc
 
-    engine, sessions = _sessions(server)
+    engine, sessions = server.database()
     with sessions() as session:
         last = max(session.get(Appraisal, a["id"]).finalized_at for a in appraisals)
     engine.dispose()

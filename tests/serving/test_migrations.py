@@ -1,5 +1,6 @@
-"""The trust migrations (0006 to 0010, one head again) upgrade a database that already holds data: nothing is
-lost, old rows get the values the new columns promise, and the service reads them back."""
+"""The trust migrations (0006 to 0010, one head again) upgrade a database that already holds
+data: nothing is lost, old rows get the values the new columns promise, and the service reads
+them back."""
 
 from __future__ import annotations
 
