@@ -45,14 +45,15 @@ image-check: $(STAMP)
 	bash scripts/image-check.sh $(MODEL_DIR)
 
 demo: $(STAMP)
-	$(BIN)/touchstone data synth --config configs/synthetic-standard.yaml --out $(DEMO_DIR)/data
+	$(BIN)/touchstone data synth --config configs/synthetic-phone.yaml --out $(DEMO_DIR)/data
 	$(BIN)/touchstone data validate $(DEMO_DIR)/data/manifest.csv
 	$(BIN)/touchstone data sheet $(DEMO_DIR)/data/manifest.csv --out $(DEMO_DIR)/sheet.png
 	rm -rf $(DEMO_DIR)/run $(DEMO_DIR)/model $(DEMO_DIR)/evaluation
 	$(BIN)/touchstone train --config configs/cpu-small.yaml --data $(DEMO_DIR)/data/manifest.csv --out $(DEMO_DIR)/run
-	$(BIN)/touchstone data synth --config configs/synthetic-holdout.yaml --out $(DEMO_DIR)/holdout
+	$(BIN)/touchstone data synth --config configs/synthetic-phone-holdout.yaml --out $(DEMO_DIR)/holdout
 	$(BIN)/touchstone export --run $(DEMO_DIR)/run --data $(DEMO_DIR)/holdout/manifest.csv --out $(DEMO_DIR)/model
 	$(BIN)/touchstone evaluate --model $(DEMO_DIR)/model --data $(DEMO_DIR)/holdout/manifest.csv --split test --out $(DEMO_DIR)/evaluation
+	$(BIN)/python benchmarks/serve.py --photos phone --quick --headline --model $(DEMO_DIR)/model --run $(DEMO_DIR)/run
 	$(MAKE) --no-print-directory serve-demo
 
 # The appraisal API on the demo model, in the foreground (Ctrl-C stops it): a trusted back end's

@@ -66,9 +66,19 @@ def synth(
     difficulty: str | None = typer.Option(None, help="easy | standard | hard [standard]"),
     size: int | None = typer.Option(None, min=32, max=1024, help="photo side in pixels [224]"),
     counterfeit_share: float | None = typer.Option(None, min=0.0, max=1.0, help="[0.5]"),
+    photo: str | None = typer.Option(
+        None, help="square (region crops) | phone (whole phone photos with EXIF) [square]"
+    ),
+    frame: str | None = typer.Option(
+        None, help="phone photos' upright WIDTHxHEIGHT, e.g. 2016x1512 [4032x3024]"
+    ),
+    heic_share: float | None = typer.Option(
+        None, min=0.0, max=1.0, help="share of phone photos sent as HEIC [0.15]"
+    ),
     workers: int = typer.Option(DEFAULT_WORKERS, min=1, help="processes"),
 ) -> None:
-    """Generate a synthetic data set of region crops with known counterfeit cues."""
+    """Generate a synthetic data set with known counterfeit cues: region crops, or whole phone
+    photos (--photo phone)."""
     from touchstone.config_files import ConfigFileError, read_yaml, validate
     from touchstone.data.synth import SynthConfig, generate_dataset
 
@@ -78,6 +88,9 @@ def synth(
         "difficulty": difficulty,
         "size": size,
         "counterfeit_share": counterfeit_share,
+        "photo": photo,
+        "frame": frame.lower().split("x") if frame else None,
+        "heic_share": heic_share,
     }
     try:
         settings = read_yaml(config) if config else {}

@@ -53,6 +53,7 @@ from serving.db import (
 )
 from serving.photos import PhotoStore, PhotoStoreError
 from touchstone.data.manifest import DatasetInfo, PhotoRecord, write_manifest
+from touchstone.imaging import sniff_format
 from touchstone.vocabulary import DEFAULT_REGIONS, LABELS
 
 EXTRA_COLUMNS: tuple[str, ...] = ("finalized_at", "reviewers")
@@ -324,8 +325,8 @@ def _vocabulary(regions: Iterable[str]) -> tuple[str, ...]:
 
 
 def _extension(data: bytes) -> str:
-    # The store keeps JPEG uploads as JPEG and everything else as PNG.
-    return "jpg" if data.startswith(b"\xff\xd8\xff") else "png"
+    # The store keeps JPEG, PNG and WebP uploads in their own format (stripped) and HEIC as PNG.
+    return {"JPEG": "jpg", "WEBP": "webp"}.get(sniff_format(data[:64]) or "", "png")
 
 
 def _remove_files(records: list[PhotoRecord]) -> None:

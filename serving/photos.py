@@ -1,16 +1,17 @@
 """A content-addressed store for uploaded member photos, on local disk.
 
-Privacy first (PIPL): an upload is decoded and re-encoded from its pixels before anything is
-written, so EXIF (GPS above all), XMP, IPTC, comments and ICC profiles never reach the disk. The
-address is the sha256 of those clean bytes, at `root/ab/cd/<sha256>`, so the same photo uploaded
-twice, even with different metadata, is stored once.
+What is stored is evidence-grade: the photo exactly as the member's phone compressed it, less
+its metadata (`serving.stripping`). JPEG, PNG and WebP keep their compressed image data, tables
+and colour profile byte for byte, so the stored file decodes to exactly the pixels of the upload
+(nothing re-encoded: the stitching, engraving and print a reviewer judges are the camera's own),
+and is a little smaller than the upload. HEIC/HEIF, which cannot be stripped in place, is stored
+as lossless PNG of its decoded pixels: the same pixels again.
 
-Stored formats:
-- JPEG uploads are re-encoded as JPEG at quality 95 with 4:4:4 chroma (no subsampling): the
-  stitching, engraving and print that authentication looks at are fine coloured detail.
-- Every other format (PNG, WebP, GIF, TIFF, ...) is stored as PNG: lossless, so nothing more is
-  lost than the decoding already did.
-- No ICC profile is embedded: `decode_photo` has already converted the pixels to sRGB.
+Privacy first (PIPL): EXIF (GPS above all), XMP, IPTC, comments, maker notes and embedded
+thumbnails never reach the disk; the one tag kept is the orientation, in a minimal EXIF block
+built the same way every time. The address is the sha256 of those clean bytes, at
+`root/ab/cd/<sha256>`, so the same photo uploaded twice, even with different metadata, is
+stored once.
 
 Encryption at rest is on when a key is given (`TOUCHSTONE_PHOTO_KEY`, base64 of 32 bytes, read
 by `serving.settings`). Each
@@ -29,7 +30,6 @@ import base64
 import binascii
 import contextlib
 import hashlib
-import io
 import os
 import re
 import tempfile
@@ -41,18 +41,17 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from PIL import Image
 
-from touchstone.imaging import decode_photo
+from serving.stripping import strip_metadata
+from touchstone.imaging import DEFAULT_MAX_PIXELS, decode_photo
 
 KEY_ENV = "TOUCHSTONE_PHOTO_KEY"
 KEY_BYTES = 32
 FORMAT_V1 = b"\x01"
 NONCE_BYTES = 12
-JPEG_QUALITY = 95
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _FANOUT = re.compile(r"[0-9a-f]{2}")
 _TEMP_PREFIX = ".tmp-"
-_JPEG_MAGIC = b"\xff\xd8\xff"
 
 
 def parse_photo_key(text: str) -> bytes:
@@ -87,9 +86,9 @@ class StoredPhoto:
     sha256: str  # of the clean stored content: the photo's address
     upload_sha256: str  # of the bytes as uploaded, for tracing an upload to its photo
     size: int  # bytes of clean content (before encryption)
-    width: int
+    width: int  # upright, as decode_photo returns it
     height: int
-    media_type: str  # "image/jpeg" or "image/png"
+    media_type: str  # "image/jpeg", "image/png" or "image/webp"
 
 
 @dataclass(frozen=True)
@@ -112,24 +111,14 @@ class PhotoStore:
     def encrypted(self) -> bool:
         return self._aead is not None
 
-    def put(self, upload: bytes, decoded: Image.Image | None = None) -> StoredPhoto:
-        """Strip the upload's metadata, store the clean photo, and describe it. `decoded`:
-        the upload already decoded by `decode_photo`, when the caller has it (saves a decode).
+    def put(self, upload: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> StoredPhoto:
+        """Strip the upload's metadata, store the clean photo, and describe it.
 
-        Raises `touchstone.imaging.PhotoError` unchanged for an upload that is not a usable photo.
+        Raises `touchstone.imaging.PhotoError` unchanged for an upload that is not a usable photo
+        (as `decode_photo` would, and for a malformed file structure).
         """
-        image = decoded if decoded is not None else decode_photo(upload)
-        # A fresh image carries pixels only: no info dict, so no EXIF, XMP, ICC or text chunks
-        # can ride along into the encoder.
-        clean_image = Image.frombytes("RGB", image.size, image.tobytes())
-        buffer = io.BytesIO()
-        if upload.startswith(_JPEG_MAGIC):
-            media_type = "image/jpeg"
-            clean_image.save(buffer, format="JPEG", quality=JPEG_QUALITY, subsampling=0)
-        else:
-            media_type = "image/png"
-            clean_image.save(buffer, format="PNG")
-        clean = buffer.getvalue()
+        stripped = strip_metadata(upload, max_pixels=max_pixels)
+        clean = stripped.data
         sha256 = hashlib.sha256(clean).hexdigest()
 
         # A file already there is made fresh: it may be an orphan, and the orphan sweep spares
@@ -140,9 +129,9 @@ class PhotoStore:
             sha256=sha256,
             upload_sha256=hashlib.sha256(upload).hexdigest(),
             size=len(clean),
-            width=clean_image.width,
-            height=clean_image.height,
-            media_type=media_type,
+            width=stripped.width,
+            height=stripped.height,
+            media_type=stripped.media_type,
         )
 
     def get(self, sha256: str) -> bytes:

@@ -18,19 +18,23 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
-import numpy as np
 import pillow_heif
-from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-# The model's preprocessing lives in its own module; imported from here as it always was.
+# The crop box and the model's preprocessing live in their own modules; imported from here as
+# they always were.
+from touchstone.bbox import BBox
+from touchstone.colour import to_rgb
+from touchstone.errors import PhotoError
 from touchstone.preprocessing import (  # noqa: F401
     Preprocessing,
     normalize,
@@ -44,8 +48,6 @@ pillow_heif.register_heif_opener()
 # 50 megapixels admits every phone camera's full-resolution output (48 MP sensors) and refuses
 # decompression bombs long before they allocate memory.
 DEFAULT_MAX_PIXELS = 50_000_000
-# Transparent areas are composited over white, the usual backdrop of product photos.
-BACKGROUND_RGB = (255, 255, 255)
 # The most memory one decode takes, per pixel of the photo: 8 for the costliest accepted
 # kinds (RGBA PNG; 16-bit PNG and HEIC 7 to 7.5; JPEG 4) with benchmarks/hostile_decode.py,
 # and a margin.
@@ -60,20 +62,10 @@ ACCEPTED_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif
 # HEIF brands of HEVC-coded photos (iPhone: heic; some Android phones: mif1 with heic).
 _HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"}
 _HEAD_BYTES = 64
-
-_SRGB_PROFILE = ImageCms.createProfile("sRGB")
-# 16-bit grey to 8-bit, rounded: one table lookup a pixel, no float copy of the photo.
-_SIXTEEN_TO_EIGHT = np.rint(np.arange(65536) / 257.0).astype(np.uint8)
-_CHUNK_PIXELS = 1 << 18
-
-
-class PhotoError(ValueError):
-    """A photo that cannot be used. `code` is stable and becomes the API's error code."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+# EXIF orientations 5 to 8 turn the photo a quarter: its width and height swap.
+_ORIENTATION_TAG = 0x0112
+_SWAPS_AXES = {5, 6, 7, 8}
+_T = TypeVar("_T")
 
 
 PhotoSource = bytes | str | os.PathLike[str] | BinaryIO
@@ -156,23 +148,54 @@ def _decode_slot() -> Iterator[None]:
 
 
 def decode_photo(source: PhotoSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode a photo into an upright RGB image, or raise PhotoError.
+    """Decode a photo into an upright RGB image at full size, or raise PhotoError.
 
     Error codes: `missing_file`, `empty_file`, `not_an_image`, `unsupported_image_format`,
     `too_many_pixels`, `truncated_image`, `unreadable_image`.
     """
+    return _from_source(source, lambda stream: _decode(stream, max_pixels))
+
+
+@dataclass(frozen=True)
+class ReducedPhoto:
+    """A photo decoded no larger than the model (and the quality checks) need."""
+
+    image: Image.Image  # upright RGB, cropped to the bbox if one was given, `factor` x smaller
+    width: int  # the whole photo's upright size at full resolution
+    height: int
+    factor: int
+
+
+def decode_reduced(
+    source: PhotoSource,
+    min_side: int,
+    *,
+    bbox: BBox | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> ReducedPhoto:
+    """Decode a photo straight to the smallest size whose shorter side (of the bbox, when one is
+    given) is still at least `min_side` pixels. A 12 MP JPEG decodes at 1/8 scale with JPEG's
+    DCT scaling (4x faster, 1/64 of the memory); other formats decode whole and are shrunk by an
+    integer box filter. Orientation, colour and errors as `decode_photo`, plus `bad_bbox`.
+
+    Training, evaluation, serving and the heatmap all read photos through this, so the model
+    sees the same pixels everywhere."""
+    return _from_source(source, lambda stream: _decode_reduced(stream, min_side, bbox, max_pixels))
+
+
+def _from_source(source: PhotoSource, decode: Callable[[BinaryIO], _T]) -> _T:
     if isinstance(source, bytes):
         if not source:
             raise PhotoError("empty_file", "the file is empty (0 bytes)")
-        return _decode(io.BytesIO(source), max_pixels)
+        return decode(io.BytesIO(source))
     if hasattr(source, "read"):
-        return _decode(source, max_pixels)  # type: ignore[arg-type]
+        return decode(source)  # type: ignore[arg-type]
     path = Path(source)  # type: ignore[arg-type]
     try:
         if path.stat().st_size == 0:
             raise PhotoError("empty_file", "the file is empty (0 bytes)")
         with path.open("rb") as stream:
-            return _decode(stream, max_pixels)
+            return decode(stream)
     except FileNotFoundError as exc:
         raise PhotoError("missing_file", f"no such file: {path}") from exc
     except IsADirectoryError as exc:
@@ -190,19 +213,89 @@ def photo_pixels(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
         return image.width * image.height
 
 
+def reduced_pixels(data: bytes, min_side: int, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
+    """How many pixels `decode_reduced(data, min_side)` allocates, from the header alone: a
+    JPEG only its DCT-scaled size; other formats decode whole before they are reduced, so the
+    whole photo and its reduced copy. PhotoError as `decode_photo`."""
+    if not data:
+        raise PhotoError("empty_file", "the file is empty (0 bytes)")
+    with _open(io.BytesIO(data), max_pixels) as image:
+        width, height = image.size
+        factor = _reduction(image, width, height, min_side)
+        reduced = -(-width // factor) * -(-height // factor)
+        if image.format in ACCEPTED_FORMATS["JPEG"]:
+            return reduced
+        return width * height + (reduced if factor > 1 else 0)
+
+
+def _reduction(image: Image.Image, width: int, height: int, min_side: int) -> int:
+    """The factor a photo (or its bbox, `width` x `height`) is decoded smaller by so its
+    shorter side stays at least `min_side`; for a JPEG one its DCT can scale by."""
+    factor = max(1, min(width, height) // max(1, min_side))
+    if image.format in ACCEPTED_FORMATS["JPEG"]:
+        return min(8, 1 << (factor.bit_length() - 1))  # the DCT scales by 1/2, 1/4, 1/8
+    return factor
+
+
 def _decode(stream: BinaryIO, max_pixels: int) -> Image.Image:
     image = _open(stream, max_pixels)
-    with _decode_slot():
-        try:
-            if getattr(image, "n_frames", 1) > 1:
-                image.seek(0)  # animated formats: the first frame is the photo
+    with _decode_slot(), _decoder_errors():
+        if getattr(image, "n_frames", 1) > 1:
+            image.seek(0)  # animated formats: the first frame is the photo
+        image.load()
+        return to_rgb(_apply_orientation(image))
+
+
+def _decode_reduced(
+    stream: BinaryIO, min_side: int, bbox: BBox | None, max_pixels: int
+) -> ReducedPhoto:
+    image = _open(stream, max_pixels)
+    width, height = image.size
+    with contextlib.suppress(Exception):  # a malformed EXIF block: the photo as stored
+        if image.getexif().get(_ORIENTATION_TAG, 1) in _SWAPS_AXES:
+            width, height = height, width
+    if bbox is not None and not bbox.fits(width, height):
+        raise PhotoError("bad_bbox", f"bbox {bbox} lies outside the {width}x{height} photo")
+    box = (bbox.x0, bbox.y0, bbox.x1, bbox.y1) if bbox else (0, 0, width, height)
+    factor = _reduction(image, box[2] - box[0], box[3] - box[1], min_side)
+    with _decode_slot(), _decoder_errors():
+        if getattr(image, "n_frames", 1) > 1:
+            image.seek(0)
+        if image.format in ACCEPTED_FORMATS["JPEG"]:
+            # Pillow takes the largest scale whose factor divides into both sides (rounded
+            # down); the decode then has the sides rounded up.
+            image.draft(image.mode, (image.width // factor, image.height // factor))
             image.load()
-            return to_rgb(_apply_orientation(image))
-        except (PhotoError, MemoryError):
-            raise
-        except Exception as exc:  # as in _open
-            code = "truncated_image" if _sounds_truncated(exc) else "unreadable_image"
-            raise PhotoError(code, f"cannot decode the image: {exc}") from exc
+            image = to_rgb(_apply_orientation(image))
+        else:
+            # Turned and converted before the shrink: a HEIC is stored as the PNG of its upright
+            # sRGB pixels, and reducing that must give exactly the pixels the upload was scored on.
+            image.load()
+            image = to_rgb(_apply_orientation(image))
+            if factor > 1:
+                image = image.reduce(factor)
+    if bbox is not None:
+        scale_x, scale_y = image.width / width, image.height / height
+        image = image.crop(
+            (
+                math.floor(box[0] * scale_x),
+                math.floor(box[1] * scale_y),
+                min(image.width, math.ceil(box[2] * scale_x)),
+                min(image.height, math.ceil(box[3] * scale_y)),
+            )
+        )
+    return ReducedPhoto(image, width, height, factor)
+
+
+@contextlib.contextmanager
+def _decoder_errors() -> Iterator[None]:
+    try:
+        yield
+    except (PhotoError, MemoryError):
+        raise
+    except Exception as exc:  # as in _open
+        code = "truncated_image" if _sounds_truncated(exc) else "unreadable_image"
+        raise PhotoError(code, f"cannot decode the image: {exc}") from exc
 
 
 def _open(stream: BinaryIO, max_pixels: int) -> Image.Image:
@@ -270,106 +363,6 @@ def _apply_orientation(image: Image.Image) -> Image.Image:
     with contextlib.suppress(Exception):
         ImageOps.exif_transpose(image, in_place=True)
     return image
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any Pillow mode to 8-bit RGB by one fixed rule.
-
-    - an embedded ICC profile is honoured (phones shoot Display P3; we work in sRGB);
-    - transparency (RGBA, LA, PA, palette with a transparent index) is composited over white;
-    - 16- and 32-bit integer greys are scaled from 0..65535 to 0..255 (Pillow's own conversion
-      clips them to white instead).
-    """
-    icc = image.info.get("icc_profile")
-    if icc and image.mode in ("RGB", "CMYK", "L"):
-        converted = _convert_icc(image, icc)
-        if converted is not None:
-            return converted
-    mode = image.mode
-    if mode == "RGB":
-        return image
-    if mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-        mode = image.mode
-        if mode == "RGB":
-            return image
-    if mode in ("RGBA", "LA", "La", "RGBa", "PA"):
-        rgba = image if mode == "RGBA" else image.convert("RGBA")
-        # Pasted through its own alpha onto opaque white: the same pixels as alpha_composite,
-        # with one full-size copy instead of four.
-        backdrop = Image.new("RGB", rgba.size, BACKGROUND_RGB)
-        backdrop.paste(rgba, mask=rgba)
-        return backdrop
-    if mode.startswith("I;16") or mode == "I":
-        return Image.fromarray(_sixteen_bit_to_grey(image), mode="L").convert("RGB")
-    if mode == "LAB":
-        lab_to_srgb = ImageCms.buildTransform(
-            ImageCms.createProfile("LAB"), _SRGB_PROFILE, "LAB", "RGB"
-        )
-        return ImageCms.applyTransform(image, lab_to_srgb)
-    try:
-        return image.convert("RGB")
-    except ValueError as exc:
-        raise PhotoError("unreadable_image", f"unsupported colour mode {mode}") from exc
-
-
-def _sixteen_bit_to_grey(image: Image.Image) -> np.ndarray:
-    """0..65535 to 0..255, rounded, a block of rows at a time: the only extra memory is the
-    8-bit result (a float64 copy of a 50 MP photo would take 400 MB)."""
-    width, height = image.size
-    grey = np.empty((height, width), np.uint8)
-    rows = max(1, _CHUNK_PIXELS // width)
-    for top in range(0, height, rows):
-        block = np.asarray(image.crop((0, top, width, min(height, top + rows))))
-        if block.dtype.itemsize > 2:  # 32-bit "I": clip to the 16-bit range first
-            block = np.clip(block, 0, 65535)
-        grey[top : top + rows] = _SIXTEEN_TO_EIGHT[block]
-    return grey
-
-
-def _convert_icc(image: Image.Image, icc: bytes) -> Image.Image | None:
-    try:
-        source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-        return ImageCms.profileToProfile(
-            image, source, _SRGB_PROFILE, outputMode="RGB", renderingIntent=0
-        )
-    except (ImageCms.PyCMSError, OSError, ValueError):
-        return None  # a broken profile: fall back to the plain conversion
-
-
-@dataclass(frozen=True)
-class BBox:
-    """A crop box in pixels of the upright (EXIF-rotated) photo; x1 and y1 are exclusive."""
-
-    x0: int
-    y0: int
-    x1: int
-    y1: int
-
-    @classmethod
-    def parse(cls, text: str) -> BBox:
-        """Parse `x0,y0,x1,y1`; raise ValueError with a reason a person can act on."""
-        parts = [p.strip() for p in text.split(",")]
-        if len(parts) != 4:
-            raise ValueError(f"bbox {text!r} needs four numbers x0,y0,x1,y1")
-        try:
-            numbers = [float(p) for p in parts]
-        except ValueError as exc:
-            raise ValueError(f"bbox {text!r} holds something that is not a number") from exc
-        if any(not np.isfinite(n) or n != int(n) for n in numbers):
-            raise ValueError(f"bbox {text!r} must hold whole pixel numbers")
-        x0, y0, x1, y1 = (int(n) for n in numbers)
-        if min(x0, y0) < 0:
-            raise ValueError(f"bbox {text!r} has a negative coordinate")
-        if x1 <= x0 or y1 <= y0:
-            raise ValueError(f"bbox {text!r} is empty: x1 must exceed x0 and y1 must exceed y0")
-        return cls(x0, y0, x1, y1)
-
-    def fits(self, width: int, height: int) -> bool:
-        return self.x1 <= width and self.y1 <= height
-
-    def __str__(self) -> str:
-        return f"{self.x0},{self.y0},{self.x1},{self.y1}"
 
 
 def crop_to_bbox(image: Image.Image, bbox: BBox | None) -> Image.Image:

@@ -27,18 +27,34 @@ class Preprocessing:
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
 
-def resize_and_crop(image: Image.Image, prep: Preprocessing) -> Image.Image:
-    """Resize the shorter side to input_size / crop_pct, then centre-crop a square."""
-    scaled = round(prep.input_size / prep.crop_pct)
+def shorter_side(prep: Preprocessing) -> int:
+    """The length the photo's shorter side is resized to before the centre crop."""
+    return round(prep.input_size / prep.crop_pct)
+
+
+def resize_shorter_side(image: Image.Image, prep: Preprocessing) -> Image.Image:
+    """Resize, keeping the aspect ratio, so the shorter side is `shorter_side(prep)`: the first
+    half of the serving transform. Training caches its result, the heatmap covers cells of it;
+    resizing it again to the same size is an exact copy, so both then match serving's pixels."""
+    scaled = shorter_side(prep)
     width, height = image.size
     if width <= height:
         new_size = (scaled, max(scaled, round(height * scaled / width)))
     else:
         new_size = (max(scaled, round(width * scaled / height)), scaled)
-    resized = image.resize(new_size, _RESAMPLE[prep.interpolation])
-    left = (new_size[0] - prep.input_size) // 2
-    top = (new_size[1] - prep.input_size) // 2
-    return resized.crop((left, top, left + prep.input_size, top + prep.input_size))
+    return image.resize(new_size, _RESAMPLE[prep.interpolation])
+
+
+def centre_crop(image: Image.Image, prep: Preprocessing) -> Image.Image:
+    """The centre `input_size` square."""
+    left = (image.width - prep.input_size) // 2
+    top = (image.height - prep.input_size) // 2
+    return image.crop((left, top, left + prep.input_size, top + prep.input_size))
+
+
+def resize_and_crop(image: Image.Image, prep: Preprocessing) -> Image.Image:
+    """Resize the shorter side to input_size / crop_pct, then centre-crop a square."""
+    return centre_crop(resize_shorter_side(image, prep), prep)
 
 
 def normalize(pixels: np.ndarray, prep: Preprocessing) -> np.ndarray:

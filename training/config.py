@@ -35,7 +35,10 @@ class ModelConfig(_Strict):
 class DataConfig(_Strict):
     batch_size: int = Field(32, ge=1)
     workers: int = Field(2, ge=0)
-    augment: str = "phone"  # a recipe registered in training.augment
+    augment: str = "phone"  # a recipe registered in training.augment; none: serving's crop
+    # Decode each photo once per run, before the first epoch, and keep it in memory
+    # (training.decode_cache); off decodes every photo every epoch (benchmarks compare).
+    decode_cache: bool = True
     # Region photos are already crops: keep the whole crop rather than the centre-crop that
     # ImageNet evaluation uses. Mean, std and interpolation come from the model's config.
     crop_pct: float = Field(1.0, gt=0.0, le=1.0)

@@ -1,7 +1,11 @@
-"""Data loading: manifest rows to batches, decoded and augmented in worker processes.
+"""Data loading: manifest rows to batches, augmented in worker processes.
 
-A photo that cannot be decoded is skipped and counted, never the end of a run. Evaluation
-batches go through `to_model_input`, the very function serving runs on every photo.
+Each photo is read as serving reads it: decoded at a reduced scale, upright, cropped to its
+bbox, shorter side resized (`training.decode_cache`, once per run when the cache is on). With
+augmentation off (evaluation batches, or the `none` recipe) a sample is `to_model_input` of
+that, the very function serving runs on every photo, to the pixel; augmentation stays near
+the same centre crop (`training.augment`). A photo that cannot be decoded is skipped and
+counted, never the end of a run.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from PIL import Image
+from rich.console import Console
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, WeightedRandomSampler
 
 from touchstone.data.manifest import PhotoRecord
@@ -20,13 +26,13 @@ from touchstone.imaging import (
     DEFAULT_MAX_PIXELS,
     PhotoError,
     Preprocessing,
-    crop_to_bbox,
-    decode_photo,
+    decode_slots,
     normalize,
     to_model_input,
 )
 from training.augment import create_augmentation
 from training.config import DataConfig
+from training.decode_cache import CacheKey, DecodeCache, decode_for_training
 
 AUTHENTIC = "authentic"
 
@@ -54,23 +60,60 @@ class RegionPhotos(Dataset):
         self.region_index = {name: i for i, name in enumerate(regions)}
         self.preprocessing = preprocessing
         self.max_pixels = max_pixels
+        # `none` is the serving transform itself, not a recipe that imitates it.
         self.transform = (
-            create_augmentation(augment, preprocessing.input_size, seed) if augment else None
+            create_augmentation(augment, preprocessing, seed)
+            if augment and augment != "none"
+            else None
         )
+        self.cache: DecodeCache | None = None
+        self.cache_keys: list[CacheKey | None] = []
+
+    def use_cache(
+        self,
+        cache: DecodeCache,
+        workers: int = 1,
+        console: Console | None = None,
+        show_progress: bool = True,
+    ) -> None:
+        """Decode every photo into `cache` now (those not there yet); samples then read it."""
+        self.cache_keys = cache.add(
+            self.records,
+            self.preprocessing,
+            workers=workers,
+            max_pixels=self.max_pixels,
+            console=console,
+            show_progress=show_progress,
+        )
+        self.cache = cache
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> tuple | None:
+    def photo(self, index: int) -> np.ndarray | None:
+        """The photo of row `index` as training keeps it (uint8 HxWx3, shorter side
+        `shorter_side(prep)`), or None if it cannot be decoded."""
+        if self.cache is not None:
+            key = self.cache_keys[index]
+            return None if key is None else self.cache.image(key)
         record = self.records[index]
         try:
-            image = crop_to_bbox(decode_photo(record.path, max_pixels=self.max_pixels), record.bbox)
+            return decode_for_training(
+                record.path, self.preprocessing, record.bbox, self.max_pixels
+            )
         except PhotoError:
             return None
+
+    def __getitem__(self, index: int) -> tuple | None:
+        record = self.records[index]
+        photo = self.photo(index)
+        if photo is None:
+            return None
         if self.transform is None:
-            pixels = to_model_input(image, self.preprocessing)
+            # Resizing to the size it already has is an exact copy: serving's pixels.
+            pixels = to_model_input(Image.fromarray(photo), self.preprocessing)
         else:
-            pixels = normalize(self.transform(image=np.asarray(image))["image"], self.preprocessing)
+            pixels = normalize(self.transform(image=photo)["image"], self.preprocessing)
         label = 1.0 if record.label == AUTHENTIC else 0.0
         return (
             torch.from_numpy(pixels),
@@ -108,6 +151,22 @@ def _seed_worker(worker_id: int) -> None:
     dataset = info.dataset
     if isinstance(dataset, RegionPhotos) and dataset.transform is not None:
         dataset.transform.set_random_seed(seed)
+
+
+def fill_decode_cache(
+    datasets: Sequence[RegionPhotos],
+    config: DataConfig,
+    console: Console | None = None,
+    show_progress: bool = True,
+) -> DecodeCache:
+    """One cache for the data sets, filled before the first epoch. Nothing else runs while it
+    fills, so it decodes on every core it may (`decode_slots`), or on the loader's workers if
+    more."""
+    cache = DecodeCache()
+    threads = max(1, config.workers, decode_slots())
+    for dataset in datasets:
+        dataset.use_cache(cache, threads, console, show_progress)
+    return cache
 
 
 def class_weights(records: Sequence[PhotoRecord]) -> dict[str, float]:

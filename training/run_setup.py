@@ -22,7 +22,13 @@ from torch.utils.data import DataLoader, DistributedSampler
 from touchstone.data.manifest import Manifest, PhotoRecord
 from touchstone.data.splitting import assign_splits
 from training.config import TrainConfig
-from training.data import RegionPhotos, class_weights, eval_loader, train_loader
+from training.data import (
+    RegionPhotos,
+    class_weights,
+    eval_loader,
+    fill_decode_cache,
+    train_loader,
+)
 from training.distributed import World
 from training.models import AuthenticityNet, BuiltModel, create_model
 
@@ -124,10 +130,13 @@ def build_loaders(
     regions: tuple[str, ...],
     networks: Networks,
     world: World,
+    console: Console | None = None,
 ) -> Loaders:
     prep = networks.built.preprocessing
     train_set = RegionPhotos(splits["train"], regions, prep, config.data.augment, seed=config.seed)
     val_set = RegionPhotos(splits["val"], regions, prep)
+    if config.data.decode_cache:
+        fill_decode_cache([train_set, val_set], config.data, console, show_progress=world.is_main)
     train, sampler = train_loader(
         train_set,
         config.data,
@@ -199,7 +208,7 @@ class RunParts:
 def build_parts(run: RunContext) -> RunParts:
     config, world = run.config, run.world
     networks = build_networks(config, run.regions, world)
-    loaders = build_loaders(config, run.splits, run.regions, networks, world)
+    loaders = build_loaders(config, run.splits, run.regions, networks, world, run.console)
     optimisation = build_optimisation(
         config, networks.net, loaders.steps_per_epoch, run.splits["train"], world
     )

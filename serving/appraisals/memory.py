@@ -19,11 +19,15 @@ from collections.abc import AsyncIterator
 
 from touchstone.imaging import DEFAULT_MAX_PIXELS, memory_bytes
 
-# What a photo's pixel costs over a request's life: Pillow keeps RGB at 4 bytes a pixel (the
-# photo held until stored); storing it copies its bytes (3) into a fresh image (4) to encode it
-# without metadata; and a margin for the encoder. Decoding peaks lower (at most 8 a pixel,
-# benchmarks/hostile_decode.py) and happens before storing, so this covers it as well.
+# What a pixel of a photo's decode (`touchstone.imaging.reduced_pixels`: a JPEG decodes only
+# 1/factor^2 of its pixels, other formats whole before they are reduced) costs over a request's
+# life: decoding peaks at 8 bytes a pixel (an RGBA PNG's conversion to RGB, a turned JPEG's
+# copy; benchmarks/hostile_decode.py); the reduced photo is then held in RGB at 4 a pixel while
+# the quality checks take a grey copy and its Laplacian, no larger. Nothing is re-encoded.
 BYTES_PER_PIXEL = 12
+# What the store's metadata strip costs a pixel of a HEIC photo, which it decodes whole again to
+# keep it as PNG: the decode (at most 8, as above) and the PNG encoder's buffers.
+STRIP_BYTES_PER_PIXEL = 12
 # The share of the machine's (or container's) memory uploads' photos may take together.
 MEMORY_SHARE = 0.25
 
@@ -34,8 +38,10 @@ class OverBudget(Exception):
 
 def default_budget_bytes(max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
     """A quarter of the memory, and at least enough for one photo at the pixel limit (else a
-    photo the service accepts could never be decoded)."""
-    return max(int(memory_bytes() * MEMORY_SHARE), max_pixels * BYTES_PER_PIXEL)
+    photo the service accepts could never be decoded): a HEIC, decoded whole, reduced (to a
+    quarter at most) and decoded whole again by the store's strip."""
+    per_pixel = BYTES_PER_PIXEL * 5 / 4 + STRIP_BYTES_PER_PIXEL
+    return max(int(memory_bytes() * MEMORY_SHARE), int(max_pixels * per_pixel))
 
 
 class MemoryBudget:

@@ -13,6 +13,7 @@ appraisal it created the first time. Status changes go through `status.move`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
@@ -30,6 +31,7 @@ from serving.appraisals.status import Status, allows, move
 from serving.appraisals.uploads import (
     AppraisalRequest,
     PhotoUpload,
+    decode_side,
     decoded_photos,
     discard_unreferenced,
     photo_rows,
@@ -43,7 +45,7 @@ from serving.photos import PhotoStore
 from serving.policy.config import PolicyConfig
 from serving.policy.routing import RoutingDecision, sla_due
 from serving.review.tasks import MAX_PHOTO_ROUNDS, REVIEWER_ASKED_FOR_PHOTOS
-from serving.runtime import ModelManager
+from serving.runtime import ModelManager, ModelRuntime
 
 T = TypeVar("T")
 
@@ -99,11 +101,9 @@ class AppraisalService:
             if existing is not None:
                 return existing, False
         try:
-            async with decoded_photos(request.photos, self.memory, self.policy, self.max_pixels):
-                async with self.models.use() as runtime:
-                    judgement = await judge(
-                        request, request.photos, runtime, self.policy, self.metrics
-                    )
+            # The model is held from decoding on: the photos are decoded for it (`decode_side`).
+            async with self.models.use() as runtime, self._decoded(request.photos, runtime):
+                judgement = await judge(request, request.photos, runtime, self.policy, self.metrics)
                 created = await self._commit(
                     request.photos, partial(self._insert, request, fingerprint, judgement)
                 )
@@ -121,12 +121,11 @@ class AppraisalService:
         """An item with a known truth for the review queue that reviewers cannot tell from a
         member's but by its photos (`serving.appraisals.gold`: its member's fields are drawn
         from real traffic and the policy routes it), so their accuracy on it is honest."""
-        async with decoded_photos(photos, self.memory, self.policy, self.max_pixels):
+        async with self.models.use() as runtime, self._decoded(photos, runtime):
             request = await asyncio.to_thread(
                 gold.gold_request, self.sessions, self.policy, photos, category, brand
             )
-            async with self.models.use() as runtime:
-                judgement = await judge(request, request.photos, runtime, self.policy, self.metrics)
+            judgement = await judge(request, request.photos, runtime, self.policy, self.metrics)
             judgement.decision = gold.review_decision(judgement, request, self.policy)
             write = partial(self._insert, request, request.fingerprint(), judgement, truth)
             return await self._commit(request.photos, write)
@@ -139,10 +138,12 @@ class AppraisalService:
                 "invalid_state",
                 f"appraisal {appraisal_id} is {appraisal.status}, not awaiting photos",
             )
-        async with decoded_photos(photos, self.memory, self.policy, self.max_pixels):
-            return await self._add_photos(appraisal, photos)
+        async with self.models.use() as runtime, self._decoded(photos, runtime):
+            return await self._add_photos(appraisal, photos, runtime)
 
-    async def _add_photos(self, appraisal: Appraisal, photos: list[PhotoUpload]) -> Appraisal:
+    async def _add_photos(
+        self, appraisal: Appraisal, photos: list[PhotoUpload], runtime: ModelRuntime | None
+    ) -> Appraisal:
         appraisal_id = appraisal.id
         round_ = appraisal.photo_rounds + 1
         earlier = [
@@ -159,16 +160,10 @@ class AppraisalService:
             [*earlier, *photos],
             None,
         )
-        async with self.models.use() as runtime:
-            judgement = await judge(
-                request,
-                photos,
-                runtime,
-                self.policy,
-                self.metrics,
-                earlier=earlier,
-                last_round=round_ >= MAX_PHOTO_ROUNDS,
-            )
+        last_round = round_ >= MAX_PHOTO_ROUNDS
+        judgement = await judge(
+            request, photos, runtime, self.policy, self.metrics, earlier, last_round
+        )
         if appraisal.rule == REVIEWER_ASKED_FOR_PHOTOS:
             # A reviewer asked for these photos: a reviewer decides, whatever the model says;
             # and while they are still not usable, the reviewer still waits for them.
@@ -260,12 +255,19 @@ class AppraisalService:
 
     # -- the steps ---------------------------------------------------------------------------
 
+    def _decoded(
+        self, photos: list[PhotoUpload], runtime: ModelRuntime | None
+    ) -> contextlib.AbstractAsyncContextManager[None]:
+        """`decoded_photos`, down to the side `runtime`'s model reads (`decode_side`)."""
+        side = decode_side(runtime, self.policy)
+        return decoded_photos(photos, self.memory, self.policy, self.max_pixels, side)
+
     async def _commit(self, photos: list[PhotoUpload], write: Callable[[], T]) -> T:
         """Store an accepted upload's photos, then commit its rows with `write`; if that fails,
         delete the files no committed row references. (A cancelled request leaves them: its
         write may still commit in its thread; the orphan sweep takes any left behind.)"""
         try:
-            await store_photos(photos, self.store)
+            await store_photos(photos, self.store, self.max_pixels)
             return await asyncio.to_thread(write)
         except Exception:
             await asyncio.to_thread(discard_unreferenced, self.sessions, self.store, photos)

@@ -1,8 +1,9 @@
 """An upload as the appraisal service takes it: the member's fields, photo parts named by
 region, and the idempotency key that makes a retried upload return the first appraisal; then
-its photos decoded and checked (`prepare_photos`) while the memory they take decoded is held
-(`decoded_photos`), stored without metadata once the upload is accepted (`store_photos`),
-deleted again if it then fails to commit (`discard_unreferenced`), and their rows."""
+its photos decoded no larger than the model and the checks need, and checked
+(`prepare_photos`), while the memory that takes is held (`decoded_photos`); the uploads stored
+without metadata once accepted (`store_photos`), deleted again if they then fail to commit
+(`discard_unreferenced`), and their rows."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
-from serving.appraisals.memory import BYTES_PER_PIXEL, MemoryBudget
+from serving.appraisals.memory import BYTES_PER_PIXEL, STRIP_BYTES_PER_PIXEL, MemoryBudget
 from serving.db import Photo
 from serving.errors import ApiError
 from serving.photos import PhotoStore, StoredPhoto
@@ -27,7 +28,14 @@ from serving.policy.config import PolicyConfig
 from serving.policy.photo_quality import assess_photo
 from serving.runtime import ModelRuntime
 from touchstone.decision import photo_probability
-from touchstone.imaging import PhotoError, decode_photo, photo_pixels
+from touchstone.imaging import (
+    PhotoError,
+    decode_reduced,
+    photo_pixels,
+    reduced_pixels,
+    sniff_format,
+)
+from touchstone.preprocessing import shorter_side
 
 log = logging.getLogger("touchstone.serving")
 IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9._:\-]{8,255}$")
@@ -37,8 +45,8 @@ IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9._:\-]{8,255}$")
 class PhotoUpload:
     region: str
     data: bytes
-    image: Image.Image | None = None  # decoded; dropped once stored
-    width: int = 0
+    image: Image.Image | None = None  # decoded reduced (`decode_side`); dropped once stored
+    width: int = 0  # the photo's upright size at full resolution
     height: int = 0
     stored: StoredPhoto | None = None
     usable: bool = True
@@ -81,26 +89,46 @@ def check_idempotency_key(value: str | None) -> str | None:
     return value
 
 
+def decode_side(runtime: ModelRuntime | None, policy: PolicyConfig) -> int:
+    """The shorter side photos are decoded down to: the model's `shorter_side`, so that it sees
+    the pixels it was trained and evaluated on (the same `decode_reduced`). Without a model,
+    the quality checks' own side: they measure sharpness `sharpness_side_px` on the longer side,
+    and a shorter side that long keeps the longer one at least that long whatever the aspect."""
+    if runtime is not None:
+        return shorter_side(runtime.model.preprocessing)
+    return policy.photo_quality.sharpness_side_px
+
+
 @contextlib.asynccontextmanager
 async def decoded_photos(
-    photos: list[PhotoUpload], budget: MemoryBudget, policy: PolicyConfig, max_pixels: int
+    photos: list[PhotoUpload],
+    budget: MemoryBudget,
+    policy: PolicyConfig,
+    max_pixels: int,
+    min_side: int,
 ) -> AsyncIterator[None]:
-    """The photos decoded and assessed (`prepare_photos`) for the block, with the memory they
-    take reserved from `budget` first (reckoned from their headers) and held until the block
-    ends, their pixels dropped before it is given back. A photo whose header is refused is
-    refused as `prepare_photos` would; photos that together need more than the whole budget
-    are a 413 `over_decode_memory`."""
+    """The photos decoded (down to `min_side`, see `decode_side`) and assessed
+    (`prepare_photos`) for the block, with the memory they take reserved from `budget` first
+    (reckoned from their headers) and held until the block ends, their pixels dropped before it
+    is given back. A photo whose header is refused is refused as `prepare_photos` would; photos
+    that together need more than the whole budget are a 413 `over_decode_memory`."""
 
-    def pixels() -> int:
+    def size() -> int:
         total = 0
         for photo in photos:
             try:
-                total += photo_pixels(photo.data, max_pixels=max_pixels)
+                total += reduced_pixels(photo.data, min_side, max_pixels=max_pixels) * (
+                    BYTES_PER_PIXEL
+                )
+                if sniff_format(photo.data[:64]) == "HEIF":  # the store decodes it whole again
+                    total += photo_pixels(photo.data, max_pixels=max_pixels) * (
+                        STRIP_BYTES_PER_PIXEL
+                    )
             except PhotoError as exc:
                 raise _refusal(photo, exc) from exc
         return total
 
-    size = await asyncio.to_thread(pixels) * BYTES_PER_PIXEL
+    size = await asyncio.to_thread(size)
     if size > budget.total:
         raise ApiError(
             413,
@@ -110,38 +138,43 @@ async def decoded_photos(
         )
     async with budget.reserve(size):
         try:
-            await prepare_photos(photos, policy, max_pixels)
+            await prepare_photos(photos, policy, max_pixels, min_side)
             yield
         finally:
             for photo in photos:
                 photo.image = None
 
 
-async def prepare_photos(photos: list[PhotoUpload], policy: PolicyConfig, max_pixels: int) -> None:
-    """Decode and assess each photo; any undecodable photo refuses the upload. Nothing is
-    written here: an upload may still be refused after this (by the model's queue, a conflict),
-    and a file no appraisal points at is one erasure never finds."""
+async def prepare_photos(
+    photos: list[PhotoUpload], policy: PolicyConfig, max_pixels: int, min_side: int
+) -> None:
+    """Decode each photo down to `min_side` and assess it; any undecodable photo refuses the
+    upload. Nothing is written here: an upload may still be refused after this (by the model's
+    queue, a conflict), and a file no appraisal points at is one erasure never finds."""
 
     def one(photo: PhotoUpload) -> None:
         try:
-            photo.image = decode_photo(photo.data, max_pixels=max_pixels)
+            reduced = decode_reduced(photo.data, min_side, max_pixels=max_pixels)
         except PhotoError as exc:
             raise _refusal(photo, exc) from exc
-        photo.width, photo.height = photo.image.size
-        quality = assess_photo(photo.image, policy)
+        photo.image, photo.width, photo.height = reduced.image, reduced.width, reduced.height
+        quality = assess_photo(photo.image, policy, full_size=(photo.width, photo.height))
         photo.usable, photo.problems = quality.usable, list(quality.problems)
 
     await _each(one, photos)
 
 
-async def store_photos(photos: list[PhotoUpload], store: PhotoStore) -> None:
-    """Store each decoded photo without its metadata (fsynced), once the upload is accepted and
-    before its row commits, so a committed row never points at a missing file."""
+async def store_photos(photos: list[PhotoUpload], store: PhotoStore, max_pixels: int) -> None:
+    """Store each upload without its metadata (fsynced), once the upload is accepted and
+    before its row commits, so a committed row never points at a missing file. The store works
+    from the upload's bytes: the reduced decode is not the photo a reviewer sees."""
 
     def one(photo: PhotoUpload) -> None:
-        assert photo.image is not None, "prepare_photos decodes before anything is stored"
-        photo.stored = store.put(photo.data, photo.image)
-        photo.image = None  # its pixels are not needed any more: free them now
+        photo.image = None  # its pixels are not needed any more: free them first
+        try:
+            photo.stored = store.put(photo.data, max_pixels=max_pixels)
+        except PhotoError as exc:  # a file structure the decoder let pass, the strip does not
+            raise _refusal(photo, exc) from exc
 
     await _each(one, photos)
 

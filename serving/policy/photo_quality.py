@@ -1,5 +1,7 @@
 """Photo quality: is a photo good enough for anyone, model or reviewer, to judge the item from
-it? Brightness and sharpness (variance of the Laplacian) on a small grey copy."""
+it? Brightness and sharpness (variance of the Laplacian) on a small grey copy, which the
+reduced decode the service reads (`touchstone.imaging.decode_reduced`) already is nearly: its
+size is judged on the photo's full size."""
 
 from __future__ import annotations
 
@@ -31,15 +33,18 @@ class PhotoQuality:
     problems: list[str]  # codes from PHOTO_PROBLEMS, in that order
     brightness: float  # mean luma, 0..255
     sharpness: float  # variance of the Laplacian at photo_quality.sharpness_side_px
-    width: int
+    width: int  # the photo's full size
     height: int
 
 
-def assess_photo(image: Image.Image, config: PolicyConfig) -> PhotoQuality:
-    """Measure one decoded photo against `config.photo_quality`."""
+def assess_photo(
+    image: Image.Image, config: PolicyConfig, full_size: tuple[int, int] | None = None
+) -> PhotoQuality:
+    """Measure one decoded photo against `config.photo_quality`. `image` may be a reduced
+    decode of a photo of `full_size` (width, height): too small is judged on that."""
     limits = config.photo_quality
-    width, height = image.size
-    if width == 0 or height == 0:
+    width, height = full_size or image.size
+    if min(width, height, *image.size) == 0:
         return PhotoQuality(False, [TOO_SMALL], 0.0, 0.0, width, height)
     grey = _grey(image, limits.sharpness_side_px)
     brightness = float(grey.mean())

@@ -12,6 +12,8 @@ from serving.db import Appraisal, AuditEntry, Photo, ReviewTask, Verdict, as_utc
 from serving.errors import ApiError
 from serving.photos import PhotoStore, PhotoStoreError
 from serving.schemas.review import OtherVerdict, TaskInfo, TaskItem, TaskPhoto, TaskView
+from serving.stripping import MEDIA_TYPES
+from touchstone.imaging import sniff_format
 
 
 def mask_member(member_id: str) -> str:
@@ -127,4 +129,5 @@ def stored_photo(store: PhotoStore, sha256: str) -> tuple[bytes, str]:
                 410, "photo_erased", "this photo was erased at the member's request"
             ) from exc
         raise ApiError(404, "not_found", f"the photo cannot be read: {exc.message}") from exc
-    return data, "image/jpeg" if data[:3] == b"\xff\xd8\xff" else "image/png"
+    # What the store holds is the member's own JPEG, PNG or WebP, less its metadata.
+    return data, MEDIA_TYPES.get(sniff_format(data[:64]) or "", "application/octet-stream")

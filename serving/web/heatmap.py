@@ -19,8 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from touchstone.imaging import decode_photo, to_model_input
+from touchstone.imaging import decode_reduced, to_model_input
 from touchstone.inference import OnnxModel
+from touchstone.preprocessing import resize_shorter_side, shorter_side
 
 GRID = 6
 BATCH = 16
@@ -41,16 +42,13 @@ class Occlusion:
 
 
 def occlusion(model: OnnxModel, image: Image.Image, region: str, grid: int = GRID) -> Occlusion:
+    """`image`: the photo as the service reads it (`decode_reduced` to the model's side)."""
     prep = model.preprocessing
-    # Shrink first, exactly as `resize_and_crop` would: then `to_model_input` does no second
-    # resampling, the uncovered copy scores as the upload did, and 37 copies stay cheap.
-    scaled = round(prep.input_size / prep.crop_pct)
-    width, height = image.size
-    if width <= height:
-        size = (scaled, max(scaled, round(height * scaled / width)))
-    else:
-        size = (max(scaled, round(width * scaled / height)), scaled)
-    small = image.convert("RGB").resize(size, Image.Resampling.BICUBIC)
+    # Shrink first, with the transform's own resize: then `to_model_input` resizes it again to
+    # the same size, an exact copy, so the uncovered copy scores as the upload did, and 37
+    # copies stay cheap.
+    small = resize_shorter_side(image, prep)
+    size = small.size
     grey = tuple(round(m * 255) for m in prep.mean)
     copies = [to_model_input(small, prep)]
     for row in range(grid):
@@ -91,8 +89,10 @@ def overlay_png(heat: np.ndarray, photo_size: tuple[int, int]) -> bytes:
 
 
 def heatmap_png(model: OnnxModel, photo: bytes, region: str) -> bytes:
-    image = decode_photo(photo)
-    return overlay_png(occlusion(model, image, region).heat, image.size)
+    """The overlay for a stored photo, read as serving read its upload, at the photo's aspect."""
+    reduced = decode_reduced(photo, shorter_side(model.preprocessing))
+    heat = occlusion(model, reduced.image, region).heat
+    return overlay_png(heat, (reduced.width, reduced.height))
 
 
 class HeatmapCache:

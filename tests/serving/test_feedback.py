@@ -312,3 +312,20 @@ def erase_member_of(reviewed: Reviewed, appraisal_id: str) -> None:
     store = PhotoStore(reviewed.data_dir / "photos", Settings().photo_key_bytes())
     erase_member(make_sessionmaker(engine), store, reviewed.plan[appraisal_id]["member"], 0)
     engine.dispose()
+
+
+def test_exported_photos_are_named_by_their_stored_format() -> None:
+    # The store keeps WebP uploads as WebP now (stripped, not re-encoded): exported as .png, a
+    # WebP file would be misnamed and `touchstone data validate` would read the wrong decoder.
+    import io
+
+    from PIL import Image
+
+    from serving.feedback import _extension
+
+    def encoded(kind: str) -> bytes:
+        buffer = io.BytesIO()
+        Image.new("RGB", (8, 8), (120, 80, 40)).save(buffer, kind)
+        return buffer.getvalue()
+
+    assert [_extension(encoded(kind)) for kind in ("JPEG", "PNG", "WEBP")] == ["jpg", "png", "webp"]

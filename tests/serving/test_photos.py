@@ -16,8 +16,9 @@ from PIL import Image, ImageCms, PngImagePlugin
 
 from serving import photos
 from serving.photos import KEY_ENV, PhotoStore, PhotoStoreError
+from serving.review.view import stored_photo
 from serving.settings import Settings
-from touchstone.imaging import PhotoError
+from touchstone.imaging import PhotoError, decode_photo
 
 GPS_MARKER = "TOUCHSTONE-GPS-MARKER"
 DESCRIPTION_MARKER = "TOUCHSTONE-EXIF-MARKER"
@@ -73,24 +74,28 @@ def _files(root: Path) -> list[Path]:
 
 
 def _assert_no_metadata(data: bytes) -> None:
+    """Nothing that identifies the member is left; the colour profile and the orientation (as
+    the only EXIF tag) are kept, so the photo looks as it did."""
     for marker in (
-        b"Exif",
         GPS_MARKER.encode(),
         DESCRIPTION_MARKER.encode(),
         XMP_MARKER,
         b"http://ns.adobe.com/xap",
         COMMENT_MARKER,
-        b"ICC_PROFILE",
     ):
         assert marker not in data, marker
     with Image.open(io.BytesIO(data)) as image:
-        assert not image.getexif()
+        assert dict(image.getexif()) == {0x0112: 6}
         assert not image.getexif().get_ifd(0x8825)
-        assert "icc_profile" not in image.info
-        assert "exif" not in image.info
+        assert "xmp" not in image.info and "comment" not in image.info
+        assert image.info["icc_profile"] == SRGB_ICC
 
 
-def test_gps_jpeg_is_stored_clean_and_upright(tmp_path: Path) -> None:
+def _pixels(data: bytes) -> np.ndarray:
+    return np.asarray(decode_photo(data))
+
+
+def test_gps_jpeg_is_stored_clean_with_its_pixels(tmp_path: Path) -> None:
     upload = _gps_jpeg()
     # The upload really carries what must go, or the test proves nothing.
     with Image.open(io.BytesIO(upload)) as original:
@@ -102,12 +107,13 @@ def test_gps_jpeg_is_stored_clean_and_upright(tmp_path: Path) -> None:
     photo = store.put(upload)
     stored = store.path_for(photo.sha256).read_bytes()
     _assert_no_metadata(stored)
+    # Not re-encoded: the stored file decodes to the very pixels of the upload, and is smaller.
+    assert np.array_equal(_pixels(stored), _pixels(upload))
+    assert len(stored) < len(upload)
 
     assert (photo.width, photo.height) == (20, 40)
-    with Image.open(io.BytesIO(stored)) as image:
-        assert image.format == "JPEG"
-        assert image.size == (20, 40)
-        pixels = np.asarray(image.convert("RGB")).astype(int)
+    pixels = np.asarray(store.open_image(photo.sha256)).astype(int)
+    assert pixels.shape == (40, 20, 3)
     top, bottom = pixels[2, 10], pixels[37, 10]
     assert top[0] > 200 and top[2] < 60  # the left edge, red, turned to the top
     assert bottom[2] > 200 and bottom[0] < 60
@@ -126,23 +132,35 @@ def test_png_metadata_is_stripped_and_pixels_kept(tmp_path: Path) -> None:
     store = PhotoStore(tmp_path)
     photo = store.put(upload)
     stored = store.get(photo.sha256)
-    _assert_no_metadata(stored)
     assert photo.media_type == "image/png"
+    for marker in (b"Exif", COMMENT_MARKER, GPS_MARKER.encode(), DESCRIPTION_MARKER.encode()):
+        assert marker not in stored, marker
     with Image.open(io.BytesIO(stored)) as image:
         assert image.format == "PNG"
-        assert not image.text
+        assert not image.text and not image.getexif()
         assert np.array_equal(np.asarray(image), np.asarray(source))
 
 
-def test_unusable_icc_profile_is_not_carried_over(tmp_path: Path) -> None:
-    # decode_photo keeps a profile it cannot apply in the image's info; it must still not be
-    # written out with the pixels.
-    upload = _save(Image.new("RGB", (16, 16), "red"), "PNG", icc_profile=b"not a profile" * 10)
-    with Image.open(io.BytesIO(upload)) as original:
-        assert "icc_profile" in original.info
-    stored = PhotoStore(tmp_path).put(upload)
-    with Image.open(PhotoStore(tmp_path).path_for(stored.sha256)) as image:
-        assert "icc_profile" not in image.info
+def test_webp_is_stored_as_webp(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    source = Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8))
+    upload = _save(source, "WEBP", exif=_exif_with_gps().tobytes(), icc_profile=SRGB_ICC)
+    store = PhotoStore(tmp_path)
+    photo = store.put(upload)
+    stored = store.get(photo.sha256)
+    assert photo.media_type == "image/webp"
+    assert (photo.width, photo.height) == (24, 32)
+    _assert_no_metadata(stored)
+    assert np.array_equal(_pixels(stored), _pixels(upload))
+
+
+def test_pixel_limit_is_the_callers(tmp_path: Path) -> None:
+    store = PhotoStore(tmp_path)
+    with pytest.raises(PhotoError) as caught:
+        store.put(_gps_jpeg(), max_pixels=799)  # the photo has 800
+    assert caught.value.code == "too_many_pixels"
+    assert _files(tmp_path) == []
+    assert store.put(_gps_jpeg(), max_pixels=800).width == 20
 
 
 def test_stored_photo_describes_the_clean_content(tmp_path: Path) -> None:
@@ -410,3 +428,15 @@ def test_delete(tmp_path: Path) -> None:
         store.get(photo.sha256)
     assert caught.value.code == "not_found"
     assert not store.delete(photo.sha256)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "media_type"),
+    [("JPEG", "image/jpeg"), ("PNG", "image/png"), ("WEBP", "image/webp")],
+)
+def test_review_serves_the_stored_format(tmp_path: Path, fmt: str, media_type: str) -> None:
+    store = PhotoStore(tmp_path, KEY)
+    photo = store.put(_save(_sideways(), fmt, exif=_exif_with_gps().tobytes()))
+    data, served_as = stored_photo(store, photo.sha256)
+    assert served_as == photo.media_type == media_type
+    assert data == store.get(photo.sha256)

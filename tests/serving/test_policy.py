@@ -15,10 +15,12 @@ from PIL import Image, ImageFilter
 from serving.policy.config import PolicyConfig, PolicyError, load_policy
 from serving.policy.photo_quality import BLURRED, TOO_BRIGHT, TOO_DARK, TOO_SMALL, assess_photo
 from serving.policy.routing import RoutingRequest, effective_thresholds, route, sla_due
+from tests.phone_photos import phone_jpeg
 from touchstone.data.synth.camera import canvas_side
 from touchstone.data.synth.generate import SynthConfig, render_item
 from touchstone.data.synth.materials import TextureBank
 from touchstone.decision import Thresholds
+from touchstone.imaging import decode_photo, decode_reduced
 
 ROOT = Path(__file__).resolve().parents[2]
 POLICY = PolicyConfig()
@@ -368,6 +370,26 @@ def test_a_large_photo_is_measured_shrunk_and_other_modes_work() -> None:
     texture = _texture()
     for mode in ("L", "RGBA", "P"):
         assert assess_photo(texture.convert(mode), POLICY).usable, mode
+
+
+@pytest.mark.parametrize("side", [256, POLICY.photo_quality.sharpness_side_px])
+def test_a_12_megapixel_phone_photo_is_judged_on_its_reduced_decode(side: int) -> None:
+    """The service judges the reduced decode (a model's side, 256 for a 224 px input, or the
+    checks' own side without a model); a sharp phone photo and one out of focus (a Gaussian of
+    16 px at 12 MP) get the verdicts their full decodes get, and too small is judged on the
+    full size."""
+    for blur, problems in ((0, []), (16, [BLURRED])):
+        upload = phone_jpeg(seed=1, orientation=6, blur=blur)
+        reduced = decode_reduced(upload, side)
+        assert reduced.factor > 1 and (reduced.width, reduced.height) == (3024, 4032)
+        quality = assess_photo(reduced.image, POLICY, full_size=(reduced.width, reduced.height))
+        assert quality.problems == problems, (blur, quality.sharpness)
+        assert (quality.width, quality.height) == (3024, 4032)
+        assert assess_photo(decode_photo(upload), POLICY).problems == problems
+    # A reduced copy smaller than min_side_px is no small photo.
+    small_copy = _texture(48)
+    assert assess_photo(small_copy, POLICY, full_size=(3024, 4032)).problems == []
+    assert assess_photo(small_copy, POLICY).problems == [TOO_SMALL]
 
 
 def test_the_quality_limits_come_from_the_policy(synthetic_photo: Image.Image) -> None:

@@ -424,3 +424,24 @@ def test_decode_slots_fit_memory_and_cores() -> None:
     assert 1 <= imaging.default_decode_slots() <= (os.cpu_count() or 1)
     assert imaging.default_decode_slots(max_pixels=10**15) == 1  # never none
     assert imaging.decode_slots() >= 1
+
+
+def test_reduced_pixels_says_what_the_reduced_decode_allocates() -> None:
+    """From the header alone: a JPEG decodes only its DCT-scaled pixels; a PNG decodes whole,
+    then its reduced copy."""
+    from touchstone.imaging import decode_reduced, reduced_pixels
+
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8))
+    jpeg, png = _save(image, "JPEG", quality=90), _save(image, "PNG")
+    for side, factor in ((40, 4), (80, 2), (300, 1), (10, 8)):
+        reduced = decode_reduced(jpeg, side)
+        assert reduced.factor == factor
+        assert reduced_pixels(jpeg, side) == reduced.image.width * reduced.image.height
+        assert reduced.image.width == -(-400 // factor)
+    assert reduced_pixels(png, 300) == 400 * 300
+    assert reduced_pixels(png, 100) == 400 * 300 + 134 * 100
+    assert decode_reduced(png, 100).image.size == (134, 100)
+    with pytest.raises(PhotoError) as refused:
+        reduced_pixels(jpeg, 10, max_pixels=1000)
+    assert refused.value.code == "too_many_pixels"

@@ -162,6 +162,22 @@ def test_image_errors(tmp_path: Path) -> None:
     assert len(report.errors) == 6 and len(report.warnings) == 2
 
 
+def test_a_phone_photo_cut_short_anywhere_is_caught(tmp_path: Path) -> None:
+    """Validation decodes at the smallest size, which still reads every byte: a 12 MP JPEG cut
+    short near its end is truncated, and a whole one, turned by EXIF, is its upright size."""
+    from tests.phone_photos import phone_jpeg
+
+    upload = phone_jpeg(seed=2, orientation=6)
+    (tmp_path / "whole.jpg").write_bytes(upload)
+    (tmp_path / "end.jpg").write_bytes(upload[:-2000])
+    (tmp_path / "half.jpg").write_bytes(upload[: len(upload) // 2])
+    rows = [
+        f'{name}.jpg,i{i},logo,authentic,,,"0,0,3024,4032",,,'
+        for i, name in enumerate(("whole", "end", "half"))
+    ]
+    assert _codes(_manifest(tmp_path, rows)) == {3: {"truncated_image"}, 4: {"truncated_image"}}
+
+
 def test_whole_file_problems(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match="no such manifest"):
         read_manifest(tmp_path / "absent.csv")

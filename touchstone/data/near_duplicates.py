@@ -17,7 +17,7 @@ import numpy as np
 from rich.progress import Progress
 
 from touchstone.data.manifest import PhotoRecord
-from touchstone.imaging import PhotoError, crop_to_bbox, decode_photo
+from touchstone.imaging import PhotoError, decode_reduced
 
 # Measured by experiments/near-duplicates/run.py on the demo data (datasets/README.md): copies
 # re-encoded at JPEG quality 50 or resized came at most 4 bits apart; of 5.5 million pairs of
@@ -25,6 +25,9 @@ from touchstone.imaging import PhotoError, crop_to_bbox, decode_photo
 # per cent moves the hash by up to 26 bits: re-cropped copies are beyond any threshold that
 # spares distinct photos.
 DEFAULT_MAX_DISTANCE = 5
+# The hash reads a 32x32 grey copy: photos are decoded no smaller than 8 times that (a 12 MP
+# JPEG at 1/8), so the shrink to it still averages many pixels, as from the full photo.
+HASH_SIDE = 256
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,7 @@ class NearDuplicate:
 def photo_hash(record: PhotoRecord) -> int | None:
     """64-bit DCT perceptual hash of the photo's region, or None if it cannot be decoded."""
     try:
-        image = crop_to_bbox(decode_photo(record.path), record.bbox)
+        image = decode_reduced(record.path, HASH_SIDE, bbox=record.bbox).image
     except PhotoError:
         return None
     bits = imagehash.phash(image).hash.flatten()

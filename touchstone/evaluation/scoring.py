@@ -15,7 +15,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from touchstone.data.manifest import PhotoRecord
 from touchstone.decision import ItemAggregation
-from touchstone.imaging import PhotoError, Preprocessing, crop_to_bbox, decode_photo, to_model_input
+from touchstone.imaging import PhotoError, Preprocessing, decode_reduced, to_model_input
+from touchstone.preprocessing import shorter_side
 
 # (B, 3, H, W) normalised pixels -> (B, regions) log-odds of authentic.
 Predict = Callable[[np.ndarray], np.ndarray]
@@ -79,8 +80,11 @@ def item_scores(scores: PhotoScores) -> ItemScores:
 
 
 def prepare_photo(record: PhotoRecord, prep: Preprocessing) -> np.ndarray | None:
+    """The model's input for a photo, read as training and serving read it; None if it cannot
+    be decoded."""
     try:
-        return to_model_input(crop_to_bbox(decode_photo(record.path), record.bbox), prep)
+        reduced = decode_reduced(record.path, shorter_side(prep), bbox=record.bbox)
+        return to_model_input(reduced.image, prep)
     except PhotoError:
         return None
 

@@ -24,6 +24,20 @@ def canvas_side(size: int) -> int:
 
 def photograph(scene: Scene, bank: TextureBank, rng: np.random.Generator, size: int) -> bytes:
     """Photograph a rendered scene and return the JPEG bytes a phone would upload."""
+    rgb = photograph_pixels(scene, bank, rng, size)
+    quality = int(rng.integers(60, 96))
+    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    ok, encoded = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:  # pragma: no cover - OpenCV's JPEG encoder does not fail on valid arrays
+        raise RuntimeError("JPEG encoding failed")
+    return encoded.tobytes()
+
+
+def photograph_pixels(
+    scene: Scene, bank: TextureBank, rng: np.random.Generator, size: int
+) -> np.ndarray:
+    """The region as the camera sees it (size x size uint8 RGB), before any encoding: phone
+    frames (`phone.phone_photo`) place it in a whole photo and encode that once."""
     view = _viewpoint(rng, scene.side, size)
     warped = _warp(scene.planes, view, size, (*scene.fill, 0.0))
     photo = cv2.cvtColor(warped, cv2.COLOR_RGBA2RGB)
@@ -37,13 +51,7 @@ def photograph(scene: Scene, bank: TextureBank, rng: np.random.Generator, size: 
     balance = (1 + temperature, 1.0, 1 - temperature)
     photo = cv2.multiply(photo, colourise(light, balance))
     photo = cv2.scaleAdd(bank.sensor_noise(rng, size), rng.uniform(1.0, 6.0), photo)
-    rgb = np.clip(photo, 0, 255).astype(np.uint8)
-    quality = int(rng.integers(60, 96))
-    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-    ok, encoded = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:  # pragma: no cover - OpenCV's JPEG encoder does not fail on valid arrays
-        raise RuntimeError("JPEG encoding failed")
-    return encoded.tobytes()
+    return np.clip(photo, 0, 255).astype(np.uint8)
 
 
 def _warp(

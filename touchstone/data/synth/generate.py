@@ -11,12 +11,12 @@ from typing import Literal
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from touchstone.data.manifest import DatasetInfo, PhotoRecord, write_manifest
 from touchstone.data.splitting import DEFAULT_FRACTIONS, assign_splits
-from touchstone.data.synth.camera import canvas_side, photograph
+from touchstone.data.synth.camera import canvas_side, photograph, photograph_pixels
 from touchstone.data.synth.counterfeits import (
     AUTHENTIC,
     DIFFICULTIES,
@@ -26,6 +26,7 @@ from touchstone.data.synth.counterfeits import (
 from touchstone.data.synth.hardware import hardware_spec, render_hardware
 from touchstone.data.synth.logo import logo_spec, render_logo
 from touchstone.data.synth.materials import TextureBank
+from touchstone.data.synth.phone import phone_photo, pick_orientation
 from touchstone.data.synth.scene import Scene
 from touchstone.data.synth.stitching import render_stitching, stitching_spec
 from touchstone.data.synth.styles import (
@@ -35,9 +36,10 @@ from touchstone.data.synth.styles import (
     CATEGORY_SHARES,
     BrandStyle,
 )
+from touchstone.imaging import DEFAULT_MAX_PIXELS, sniff_format
 from touchstone.vocabulary import DEFAULT_REGIONS
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: phone photos (`photo: phone`); square photos unchanged
 EXTRA_COLUMNS = ("difficulty", "super_fake", "cue_strength", "cues")
 
 
@@ -49,10 +51,27 @@ class SynthConfig(BaseModel):
     items: int = Field(600, ge=1)
     seed: int = 0
     difficulty: Literal["easy", "standard", "hard"] = "standard"
+    # Square photos: the photo's side. Phone photos: the region's side before it is placed in
+    # the frame (448 keeps its detail where a 12 MP frame's centre is read at 183 to 256 px).
     size: int = Field(224, ge=32, le=1024)
     counterfeit_share: float = Field(0.5, ge=0.0, le=1.0)
     photos_per_region: tuple[int, int] = (1, 3)
     fractions: tuple[float, float, float, float] = DEFAULT_FRACTIONS
+    # "square": size x size JPEG crops of the region. "phone": whole phone photos of `frame`
+    # (upright width x height) with EXIF, the region filling most of the centre (phone.py).
+    photo: Literal["square", "phone"] = "square"
+    frame: tuple[int, int] = (4032, 3024)
+    heic_share: float = Field(0.15, ge=0.0, le=1.0)  # of phone photos; the rest are JPEG
+
+    @model_validator(mode="after")
+    def _frame_fits(self) -> SynthConfig:
+        width, height = self.frame
+        if min(width, height) < 64 or width * height > DEFAULT_MAX_PIXELS:
+            raise ValueError(
+                f"frame {width}x{height}: each side at least 64 and at most "
+                f"{DEFAULT_MAX_PIXELS:,} pixels, what the service accepts"
+            )
+        return self
 
 
 @dataclass(frozen=True)
@@ -116,8 +135,10 @@ def generate_dataset(
     fractions = dict(zip(("train", "val", "calib", "test"), config.fractions, strict=True))
     records = assign_splits(records, fractions, config.seed)
     info = DatasetInfo(
-        name=f"synthetic-{config.difficulty}-{config.seed}",
-        description="Synthetic region crops made by `touchstone data synth`",
+        name=f"synthetic-{config.difficulty}-{config.seed}"
+        + ("-phone" * (config.photo == "phone")),
+        description=f"Synthetic {'phone photos' if config.photo == 'phone' else 'region crops'}"
+        " made by `touchstone data synth`",
         regions=DEFAULT_REGIONS,
         generator={"version": GENERATOR_VERSION, **config.model_dump(mode="json")},
     )
@@ -158,7 +179,8 @@ def plan_item(config: SynthConfig, index: int, label: str, rng: np.random.Genera
 def render_item(
     config: SynthConfig, index: int, label: str, bank: TextureBank
 ) -> tuple[ItemPlan, list[tuple[str, bytes]]]:
-    """Plan one item and photograph it, in memory: (region, JPEG bytes) for each photo."""
+    """Plan one item and photograph it, in memory: (region, file bytes) for each photo (JPEG,
+    or HEIC for a share of phone photos)."""
     rng = np.random.default_rng([config.seed, index])
     plan = plan_item(config, index, label, rng)
     scenes = _scenes(plan, rng, canvas_side(config.size), bank)
@@ -166,7 +188,13 @@ def render_item(
     photos = []
     for region, scene in scenes.items():
         for _ in range(int(rng.integers(low, high + 1))):
-            photos.append((region, photograph(scene, bank, rng, config.size)))
+            if config.photo == "square":
+                photos.append((region, photograph(scene, bank, rng, config.size)))
+                continue
+            pixels = photograph_pixels(scene, bank, rng, config.size)
+            kind = "heic" if rng.random() < config.heic_share else "jpeg"
+            orientation = pick_orientation(rng)
+            photos.append((region, phone_photo(pixels, rng, config.frame, kind, orientation)))
     return plan, photos
 
 
@@ -178,10 +206,11 @@ def _render_item(job: tuple[SynthConfig, Path, int, str]) -> tuple[int, list[Pho
     folder.mkdir(parents=True, exist_ok=True)
     records = []
     shots: Counter[str] = Counter()
-    for region, jpeg in photos:
+    for region, data in photos:
         shots[region] += 1
-        path = folder / f"{region}-{shots[region]}.jpg"
-        path.write_bytes(jpeg)
+        suffix = ".heic" if sniff_format(data[:64]) == "HEIF" else ".jpg"
+        path = folder / f"{region}-{shots[region]}{suffix}"
+        path.write_bytes(data)
         cues = plan.cues[region]
         records.append(
             PhotoRecord(
