@@ -95,7 +95,8 @@ class AppraisalService:
 
     async def create(self, request: AppraisalRequest) -> tuple[Appraisal, bool]:
         """The appraisal, and whether it was created now (False: an idempotent replay)."""
-        fingerprint = request.fingerprint()
+        # In a thread: hashing an item's 12 MP photos would hold the event loop for milliseconds.
+        fingerprint = await asyncio.to_thread(request.fingerprint)
         if request.idempotency_key:
             existing = await asyncio.to_thread(self._replay, request.idempotency_key, fingerprint)
             if existing is not None:
