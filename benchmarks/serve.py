@@ -20,10 +20,11 @@ every other upload's while its size and decoding cost stay the same; no de-dupli
 
 On the same model and photos it measures:
 
-1. The floor, in process: the least any service must do for a photo. `decode_reduced` to the
-   model's shorter side and `to_model_input`, on a pool of 2 threads, while the main thread
-   runs ONNX Runtime on batches of 16 of them as they are ready, in the session the server
-   uses (`spin=False`): preparation overlaps inference, as in the server.
+1. The floor, in process: the least any service must do for a photo. `decode_for_model`
+   (`decode_reduced` to the model's shorter side) and `to_model_input`, on a pool of 2
+   threads, while the main thread runs ONNX Runtime on batches of 16 of them as they are
+   ready, in the session the server uses (`spin=False`): preparation overlaps inference, as
+   in the server.
 2. The in-process pipeline: the same, with the work every upload must get, with no HTTP, no
    SQLite and no asyncio: the upload read (a copy of its bytes), its sha256, `PhotoStore.put`
    into a temporary store (metadata stripped losslessly, written, fsynced), `decode_reduced`,
@@ -95,9 +96,14 @@ from serving.policy.config import PolicyConfig, load_policy
 from serving.policy.photo_quality import PhotoQuality, assess_photo
 from touchstone.data.manifest import load_manifest
 from touchstone.data.synth.phone import phone_photo
-from touchstone.imaging import DEFAULT_MAX_PIXELS, ReducedPhoto, decode_photo, decode_reduced
+from touchstone.imaging import (
+    DEFAULT_MAX_PIXELS,
+    ReducedPhoto,
+    decode_for_model,
+    decode_photo,
+)
 from touchstone.inference import OnnxModel, default_threads
-from touchstone.preprocessing import Preprocessing, shorter_side, to_model_input
+from touchstone.preprocessing import Preprocessing, to_model_input
 
 TOUCHSTONE = str(Path(sys.executable).parent / "touchstone")
 ENV = {
@@ -201,13 +207,14 @@ def choose_items(model: OnnxModel, count: int) -> list[Item]:
     for record in test_records(model):
         by_item[record.item_id].append(record)
     policy = load_policy(None)
-    side = shorter_side(model.preprocessing)
     items = []
     for photos in by_item.values():
         if not 3 <= len(photos) <= 6 or any(r.region not in model.region_index for r in photos):
             continue
         # An unusable photo is sent back without scoring: keep photos scored = photos uploaded.
-        if not all(judge(decode_reduced(r.path, side), policy).usable for r in photos):
+        if not all(
+            judge(decode_for_model(r.path, model.preprocessing), policy).usable for r in photos
+        ):
             continue
         parts = [(r.region, (r.path.name, r.path.read_bytes(), "image/jpeg")) for r in photos]
         items.append(Item(parts))
@@ -230,7 +237,6 @@ def phone_items(model: OnnxModel, count: int, seed: int = 13) -> list[Item]:
     if not regions:
         raise SystemExit("no test photo of any of the model's regions")
     policy = load_policy(None)
-    side = shorter_side(model.preprocessing)
 
     def usable_photo(region: str, orientation: int) -> bytes:
         candidates = by_region[region]
@@ -240,7 +246,7 @@ def phone_items(model: OnnxModel, count: int, seed: int = 13) -> list[Item]:
             # The sensor is landscape: a photo taken upright is stored turned, tagged 6.
             frame = PHONE_FRAME if orientation == 1 else PHONE_FRAME[::-1]
             data = phone_photo(square, rng, frame, "jpeg", orientation)
-            if judge(decode_reduced(data, side), policy).usable:
+            if judge(decode_for_model(data, model.preprocessing), policy).usable:
                 return data
         raise SystemExit(f"no usable phone photo of {region} in {PHONE_TRIES} tries")
 
@@ -333,10 +339,9 @@ def overlapped_rate(
 def floor_row(
     model_dir: Path, items: list[Item], prep: Preprocessing, args: argparse.Namespace
 ) -> Row:
-    side = shorter_side(prep)
 
     def prepare(data: bytes, _count: int) -> np.ndarray:
-        return to_model_input(decode_reduced(data, side).image, prep)
+        return to_model_input(decode_for_model(data, prep).image, prep)
 
     cpu, wall = time.process_time(), time.perf_counter()
     rate = overlapped_rate(model_dir, photo_datas(items), prepare, args.batch, args.seconds)
@@ -348,7 +353,6 @@ def pipeline_row(
     model_dir: Path, items: list[Item], prep: Preprocessing, args: argparse.Namespace
 ) -> Row:
     """The in-process pipeline (see the module docstring): photos/s, batches of args.batch."""
-    side = shorter_side(prep)
     policy = load_policy(None)
     folder = Path(tempfile.mkdtemp(prefix="touchstone-bench-pipeline-"))
     store = PhotoStore(folder)
@@ -359,7 +363,7 @@ def pipeline_row(
         hashlib.sha256(upload).hexdigest()
         store.put(upload, max_pixels=DEFAULT_MAX_PIXELS)
         next(puts)
-        reduced = decode_reduced(upload, side)
+        reduced = decode_for_model(upload, prep)
         judge(reduced, policy)
         return to_model_input(reduced.image, prep)
 
@@ -679,7 +683,6 @@ def main() -> None:
 
     model = OnnxModel(args.model, threads)
     prep = model.preprocessing
-    side = shorter_side(prep)
     if phone:
         console.print(f"making {args.items} items of {PHONE_PHOTOS} phone photos")
         items = phone_items(model, args.items)
@@ -688,7 +691,7 @@ def main() -> None:
         items = choose_items(model, args.items)
     datas = photo_datas(items)
     per_item = len(datas) / len(items)
-    images = [decode_reduced(data, side).image for data in datas[: 4 * args.batch]]
+    images = [decode_for_model(data, prep).image for data in datas[: 4 * args.batch]]
 
     console.print("timing raw ONNX Runtime in process")
     pixels = [to_model_input(image, prep) for image in images]
@@ -699,7 +702,7 @@ def main() -> None:
 
     # The floor's work per photo on one thread: what each photo costs besides inference.
     rate, median_ms = time_calls(
-        lambda batch: [to_model_input(decode_reduced(d, side).image, prep) for d in batch],
+        lambda batch: [to_model_input(decode_for_model(d, prep).image, prep) for d in batch],
         [[data] for data in datas[:200]],
         min(args.seconds, 5.0),
     )

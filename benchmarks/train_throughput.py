@@ -20,6 +20,7 @@ the ratios. One process, the config's batch and workers.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import subprocess
@@ -70,19 +71,7 @@ def bare_rate(config_path: Path, manifest_path: Path, steps: int) -> float:
         model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay
     )
     model.train()
-    seen = 0
-    start = time.perf_counter()
-    for step, batch in enumerate(loader):
-        if step >= steps:
-            break
-        images = batch.images.contiguous(memory_format=torch.channels_last)
-        logits = model(images).gather(1, batch.regions[:, None]).squeeze(1)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch.labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        seen += len(batch.labels)
-    return seen / (time.perf_counter() - start)
+    return _epoch(itertools.islice(loader, steps), model, optimizer)
 
 
 def phone_photos(folder: Path, count: int) -> Path:
@@ -115,8 +104,8 @@ def phone_photos(folder: Path, count: int) -> Path:
 
 
 def _epoch(loader, model=None, optimizer=None) -> float:  # type: ignore[no-untyped-def]
-    """Images per second of one pass over the loader, with a training step per batch if a
-    model is given."""
+    """Images per second of one pass over the loader (or any iterable of its batches), with a
+    training step per batch if a model is given."""
     seen = 0
     start = time.perf_counter()
     for batch in loader:

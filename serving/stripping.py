@@ -39,6 +39,8 @@ from PIL import Image, PngImagePlugin
 from touchstone.imaging import (
     ACCEPTED_FORMATS,
     DEFAULT_MAX_PIXELS,
+    ORIENTATION_TAG,
+    SWAPS_AXES,
     PhotoError,
     decode_photo,
     photo_pixels,
@@ -50,9 +52,7 @@ MEDIA_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
 HEIF_PNG_COMPRESS_LEVEL = 1
 
 _HEAD_BYTES = 64
-_ORIENTATION_TAG = 0x0112
 _TURNS = frozenset(range(2, 9))  # the orientations that change the pixels (1 leaves them)
-_SWAPS_AXES = frozenset({5, 6, 7, 8})
 
 # JPEG markers. Segments the decoder needs are kept: tables, frame and scan headers, restart
 # interval, arithmetic-coding conditioning, number of lines, hierarchical headers.
@@ -105,7 +105,7 @@ def strip_metadata(upload: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> St
     except (IndexError, ValueError, struct.error, zlib.error) as exc:  # a malformed structure
         raise PhotoError("unreadable_image", f"cannot read the {kind} structure: {exc}") from exc
     width, height = size
-    if orientation in _SWAPS_AXES:
+    if orientation in SWAPS_AXES:
         width, height = height, width
     return Stripped(data, MEDIA_TYPES[kind], width, height)
 
@@ -114,7 +114,7 @@ def orientation_exif(orientation: int) -> bytes:
     """A TIFF block (big-endian) whose IFD0 holds the orientation tag and nothing else: the
     same bytes for the same orientation, whatever the upload carried."""
     return b"MM\x00\x2a" + struct.pack(
-        ">IHHHIHHI", 8, 1, _ORIENTATION_TAG, 3, 1, orientation, 0, 0
+        ">IHHHIHHI", 8, 1, ORIENTATION_TAG, 3, 1, orientation, 0, 0
     )  # IFD0 at 8: one entry, SHORT, count 1, value, padding; no next IFD
 
 
@@ -136,7 +136,7 @@ def _orientation(info: dict[str, Any]) -> int:
     probe = Image.new("L", (1, 1))
     probe.info = info
     with contextlib.suppress(Exception):
-        value = probe.getexif().get(_ORIENTATION_TAG, 1)
+        value = probe.getexif().get(ORIENTATION_TAG, 1)
         if value in _TURNS:
             return int(value)
     return 1

@@ -39,6 +39,7 @@ from touchstone.preprocessing import (  # noqa: F401
     Preprocessing,
     normalize,
     resize_and_crop,
+    shorter_side,
     to_model_input,
 )
 
@@ -63,8 +64,8 @@ ACCEPTED_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif
 _HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"}
 _HEAD_BYTES = 64
 # EXIF orientations 5 to 8 turn the photo a quarter: its width and height swap.
-_ORIENTATION_TAG = 0x0112
-_SWAPS_AXES = {5, 6, 7, 8}
+ORIENTATION_TAG = 0x0112
+SWAPS_AXES = frozenset({5, 6, 7, 8})
 _T = TypeVar("_T")
 
 
@@ -183,6 +184,19 @@ def decode_reduced(
     return _from_source(source, lambda stream: _decode_reduced(stream, min_side, bbox, max_pixels))
 
 
+def decode_for_model(
+    source: PhotoSource,
+    prep: Preprocessing,
+    *,
+    bbox: BBox | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> ReducedPhoto:
+    """The photo as a model with this preprocessing reads it, in training, evaluation, serving
+    and the heatmap alike: `decode_reduced` down to `shorter_side(prep)`. Its model input is
+    `to_model_input(.image, prep)`."""
+    return decode_reduced(source, shorter_side(prep), bbox=bbox, max_pixels=max_pixels)
+
+
 def _from_source(source: PhotoSource, decode: Callable[[BinaryIO], _T]) -> _T:
     if isinstance(source, bytes):
         if not source:
@@ -252,7 +266,7 @@ def _decode_reduced(
     image = _open(stream, max_pixels)
     width, height = image.size
     with contextlib.suppress(Exception):  # a malformed EXIF block: the photo as stored
-        if image.getexif().get(_ORIENTATION_TAG, 1) in _SWAPS_AXES:
+        if image.getexif().get(ORIENTATION_TAG, 1) in SWAPS_AXES:
             width, height = height, width
     if bbox is not None and not bbox.fits(width, height):
         raise PhotoError("bad_bbox", f"bbox {bbox} lies outside the {width}x{height} photo")

@@ -13,10 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from touchstone.bbox import BBox
-from touchstone.imaging import PhotoSource, decode_reduced, to_model_input
+from touchstone.imaging import to_model_input
 from touchstone.model_card import ModelCardError, ModelDir, load_model_dir
-from touchstone.preprocessing import shorter_side
 
 
 def default_threads() -> int:
@@ -84,18 +82,12 @@ class OnnxModel:
         """(B, 3, H, W) float32 normalised pixels -> (B, regions) log-odds of authentic."""
         return self.session.run(None, {self.card.onnx.input_name: batch.astype(np.float32)})[0]
 
-    def read(self, photo: PhotoSource, bbox: BBox | None = None) -> Image.Image:
-        """A photo decoded as training, evaluation and serving read it for this model: no
-        larger than its transform needs (a 12 MP JPEG at 1/8). A full-size decode gives another
-        model input than the one it was trained and evaluated on."""
-        return decode_reduced(photo, shorter_side(self.preprocessing), bbox=bbox).image
-
     def prepare(self, image: Image.Image) -> np.ndarray:
-        """The model's input for a photo `read` gave."""
+        """The model's input for a photo as `touchstone.imaging.decode_for_model` reads it."""
         return to_model_input(image, self.preprocessing)
 
     def score(self, images: Sequence[Image.Image], regions: Sequence[str]) -> np.ndarray:
-        """Each photo's (as `read` gave it) log-odds for its own region."""
+        """Each photo's (read by `decode_for_model`) log-odds for its own region."""
         if len(images) != len(regions):
             raise ValueError("one region per image")
         columns = np.array([self.region_index[r] for r in regions])

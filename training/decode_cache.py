@@ -32,8 +32,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from touchstone.bbox import BBox
 from touchstone.data.manifest import PhotoRecord
-from touchstone.imaging import DEFAULT_MAX_PIXELS, PhotoError, Preprocessing, decode_reduced
-from touchstone.preprocessing import resize_shorter_side, shorter_side
+from touchstone.imaging import DEFAULT_MAX_PIXELS, PhotoError, Preprocessing, decode_for_model
+from touchstone.preprocessing import resize_shorter_side
 
 # Bump when what an entry holds changes (its size, colour handling, crop), so that an entry of
 # an older format is never read as a newer one.
@@ -65,7 +65,7 @@ def decode_for_training(
     """The photo as training keeps it: decoded at a reduced scale, upright, cropped to the
     bbox, shorter side resized to `shorter_side(prep)`; uint8 HxWx3. Serving's model input is
     `to_model_input` of this, to the pixel. PhotoError if it cannot be decoded."""
-    reduced = decode_reduced(source, shorter_side(prep), bbox=bbox, max_pixels=max_pixels)
+    reduced = decode_for_model(source, prep, bbox=bbox, max_pixels=max_pixels)
     return np.asarray(resize_shorter_side(reduced.image, prep))
 
 

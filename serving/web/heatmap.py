@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from touchstone.imaging import decode_reduced, to_model_input
+from touchstone.imaging import decode_for_model, to_model_input
 from touchstone.inference import OnnxModel
-from touchstone.preprocessing import resize_shorter_side, shorter_side
+from touchstone.preprocessing import resize_shorter_side
 
 GRID = 6
 BATCH = 16
@@ -42,7 +42,7 @@ class Occlusion:
 
 
 def occlusion(model: OnnxModel, image: Image.Image, region: str, grid: int = GRID) -> Occlusion:
-    """`image`: the photo as the service reads it (`decode_reduced` to the model's side)."""
+    """`image`: the photo as the service reads it (`decode_for_model`)."""
     prep = model.preprocessing
     # Shrink first, with the transform's own resize: then `to_model_input` resizes it again to
     # the same size, an exact copy, so the uncovered copy scores as the upload did, and 37
@@ -90,7 +90,7 @@ def overlay_png(heat: np.ndarray, photo_size: tuple[int, int]) -> bytes:
 
 def heatmap_png(model: OnnxModel, photo: bytes, region: str) -> bytes:
     """The overlay for a stored photo, read as serving read its upload, at the photo's aspect."""
-    reduced = decode_reduced(photo, shorter_side(model.preprocessing))
+    reduced = decode_for_model(photo, model.preprocessing)
     heat = occlusion(model, reduced.image, region).heat
     return overlay_png(heat, (reduced.width, reduced.height))
 

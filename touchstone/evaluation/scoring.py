@@ -15,8 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from touchstone.data.manifest import PhotoRecord
 from touchstone.decision import ItemAggregation
-from touchstone.imaging import PhotoError, Preprocessing, decode_reduced, to_model_input
-from touchstone.preprocessing import shorter_side
+from touchstone.imaging import PhotoError, Preprocessing, decode_for_model, to_model_input
 
 # (B, 3, H, W) normalised pixels -> (B, regions) log-odds of authentic.
 Predict = Callable[[np.ndarray], np.ndarray]
@@ -83,8 +82,7 @@ def prepare_photo(record: PhotoRecord, prep: Preprocessing) -> np.ndarray | None
     """The model's input for a photo, read as training and serving read it; None if it cannot
     be decoded."""
     try:
-        reduced = decode_reduced(record.path, shorter_side(prep), bbox=record.bbox)
-        return to_model_input(reduced.image, prep)
+        return to_model_input(decode_for_model(record.path, prep, bbox=record.bbox).image, prep)
     except PhotoError:
         return None
 
