@@ -226,12 +226,32 @@ def test_a_gap_in_the_chain_is_named(tmp_path: Path) -> None:
     assert (result.broken.seq, result.broken.problem) == (3, "seq_gap")
 
 
+def _auto_authentic(now: Any) -> Any:
+    """An item the model decided authentic alone, decided and finalized at `now`: the first link
+    of the supersession tests."""
+    from serving.db import Appraisal
+
+    return Appraisal(
+        id="a-1",
+        member_id="member-1",
+        member_tier="explorer",
+        category="bag",
+        status="decided",
+        outcome="authentic",
+        path="auto",
+        rule="auto_authentic",
+        reasons=[],
+        sla_due_at=now,
+        finalized_at=now,
+    )
+
+
 def test_a_second_finalization_supersedes_the_certificate(tmp_path: Path) -> None:
     """An appraisal finalized again (an overturn) gets a new link naming the old one."""
     import datetime as dt
 
     from serving import certificates
-    from serving.db import Appraisal, default_database_url, make_engine, make_sessionmaker
+    from serving.db import default_database_url, make_engine, make_sessionmaker
     from serving.db import upgrade as migrate
 
     engine = make_engine(default_database_url(tmp_path))
@@ -239,19 +259,7 @@ def test_a_second_finalization_supersedes_the_certificate(tmp_path: Path) -> Non
     sessions = make_sessionmaker(engine)
     now = dt.datetime.now(dt.UTC)
     with sessions() as session, session.begin():
-        appraisal = Appraisal(
-            id="a-1",
-            member_id="member-1",
-            member_tier="explorer",
-            category="bag",
-            status="decided",
-            outcome="authentic",
-            path="auto",
-            rule="auto_authentic",
-            reasons=[],
-            sla_due_at=now,
-            finalized_at=now,
-        )
+        appraisal = _auto_authentic(now)
         session.add(appraisal)
         session.flush()
         first = certificates.issue(session, appraisal)
@@ -443,7 +451,6 @@ def test_a_final_verdict_that_overturns_the_model_issues_one_certificate(
 
     from serving import certificates
     from serving.db import (
-        Appraisal,
         Certificate,
         default_database_url,
         make_engine,
@@ -459,19 +466,7 @@ def test_a_final_verdict_that_overturns_the_model_issues_one_certificate(
     lifecycle.on("appraisal.overturned", certificates.issue_on_overturned)
     now = dt.datetime.now(dt.UTC)
     with make_sessionmaker(engine)() as session, session.begin():
-        appraisal = Appraisal(
-            id="a-1",
-            member_id="member-1",
-            member_tier="explorer",
-            category="bag",
-            status="decided",
-            outcome="authentic",
-            path="auto",
-            rule="auto_authentic",
-            reasons=[],
-            sla_due_at=now,
-            finalized_at=now,
-        )
+        appraisal = _auto_authentic(now)
         session.add(appraisal)
         session.flush()
         lifecycle.emit(session, "appraisal.finalized", appraisal)
