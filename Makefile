@@ -48,11 +48,12 @@ demo: $(STAMP)
 	$(BIN)/touchstone data synth --config configs/synthetic-phone.yaml --out $(DEMO_DIR)/data
 	$(BIN)/touchstone data validate $(DEMO_DIR)/data/manifest.csv
 	$(BIN)/touchstone data sheet $(DEMO_DIR)/data/manifest.csv --out $(DEMO_DIR)/sheet.png
-	rm -rf $(DEMO_DIR)/run $(DEMO_DIR)/model $(DEMO_DIR)/evaluation
+	rm -rf $(DEMO_DIR)/run $(DEMO_DIR)/model $(DEMO_DIR)/evaluation $(DEMO_DIR)/recertify $(DEMO_DIR)/model-recertified
 	$(BIN)/touchstone train --config configs/cpu-small.yaml --data $(DEMO_DIR)/data/manifest.csv --out $(DEMO_DIR)/run
 	$(BIN)/touchstone data synth --config configs/synthetic-phone-holdout.yaml --out $(DEMO_DIR)/holdout
 	$(BIN)/touchstone export --run $(DEMO_DIR)/run --data $(DEMO_DIR)/holdout/manifest.csv --out $(DEMO_DIR)/model
 	$(BIN)/touchstone evaluate --model $(DEMO_DIR)/model --data $(DEMO_DIR)/holdout/manifest.csv --split test --out $(DEMO_DIR)/evaluation
+	$(BIN)/python scripts/demo_recertify.py --model $(DEMO_DIR)/model --data $(DEMO_DIR)/holdout/manifest.csv --work $(DEMO_DIR)/recertify --out $(DEMO_DIR)/model-recertified --items 400
 	$(BIN)/python benchmarks/serve.py --photos phone --quick --headline --model $(DEMO_DIR)/model --run $(DEMO_DIR)/run
 	$(MAKE) --no-print-directory serve-demo
 

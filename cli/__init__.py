@@ -9,6 +9,7 @@ from cli.data import app as data_app
 from cli.model import evaluate, export, promote
 from cli.outbox import app as outbox_app
 from cli.photos import app as photos_app
+from cli.recertify import recertify
 from cli.serve import serve
 from cli.train import train
 
@@ -22,6 +23,7 @@ app.command("train")(train)
 app.command("evaluate")(evaluate)
 app.command("export")(export)
 app.command("promote")(promote)
+app.command("recertify")(recertify)
 app.command("serve")(serve)
 app.add_typer(admin_app, name="admin")
 app.add_typer(outbox_app, name="outbox")

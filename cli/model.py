@@ -30,7 +30,7 @@ def evaluate(
     """Measure an exported model on a manifest at the thresholds in its card."""
     from touchstone.data.manifest import ManifestError
     from touchstone.evaluation.evaluate_model import evaluate_model_dir
-    from touchstone.evaluation.report import decision_table
+    from touchstone.evaluation.report import certification_table, decision_table
     from touchstone.model_card import ModelCardError
     from touchstone.registry import RegistryError, fetch_model_dir
 
@@ -40,6 +40,7 @@ def evaluate(
     except (ModelCardError, ManifestError, RegistryError) as exc:
         console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(2) from exc
+    print_decisions(certification_table(result.policy), "the card's certification")
     print_decisions(decision_table(result.metrics), f"{result.split} split: items")
     console.print(f"report: {result.report}")
 
@@ -54,11 +55,15 @@ def export(
     ),
     false_authentic: float = typer.Option(0.005, help="target false-authentic rate"),
     false_counterfeit: float = typer.Option(0.02, help="target false-counterfeit rate"),
+    counterfeit_share: tuple[float, float] = typer.Option(
+        (0.10, 0.30), help="LOW HIGH: the counterfeit share of traffic the rates must hold for"
+    ),
 ) -> None:
-    """Export to ONNX (parity-checked), fit calibration and thresholds on calib, write the card."""
+    """Export to ONNX (parity-checked), fit the item rule on val, certify thresholds on calib,
+    write the card."""
     from touchstone.data.manifest import ManifestError
-    from touchstone.evaluation.report import decision_table
-    from touchstone.evaluation.thresholds import Targets
+    from touchstone.evaluation.report import certification_table, decision_table
+    from touchstone.evaluation.thresholds import ShareRange, Targets
     from touchstone.model_card import ModelCardError
     from training.export import ExportError, export_run
     from training.weights import WeightsError
@@ -74,12 +79,17 @@ def export(
             console.print(f"[bold red]error:[/] --{name} must lie between 0 and 1")
             raise typer.Exit(2)
     try:
-        result = export_run(
-            run, out, data, quantize, force, Targets(false_authentic, false_counterfeit), console
-        )
+        share = ShareRange(*counterfeit_share)
+    except ValueError as exc:
+        console.print(f"[bold red]error:[/] --counterfeit-share: {exc}")
+        raise typer.Exit(2) from exc
+    targets = Targets(false_authentic, false_counterfeit, counterfeit_share=share)
+    try:
+        result = export_run(run, out, data, quantize, force, targets, console)
     except (ExportError, ManifestError, ModelCardError, WeightsError) as exc:
         console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(2) from exc
+    print_decisions(certification_table(result.policy), "certification")
     print_decisions(decision_table(result.metrics), f"{result.metrics_split} split: items")
     console.print(f"model: {out / 'model.onnx'} with its card {out / 'model.json'}")
     console.print(f"report: {result.report}")

@@ -90,6 +90,7 @@ def serve(
         keep_alive_seconds=keep_alive_seconds,
         limit_concurrency=limit_concurrency,
     )
+    policy_or_exit(settings)
     set_decode_slots(settings.decode_slots or default_decode_slots(settings.max_pixels))
     set_budget_bytes(settings.decode_memory_bytes or default_budget_bytes(settings.max_pixels))
     uvicorn.run(
@@ -105,6 +106,30 @@ def serve(
 
 def _bytes(megabytes: float | None) -> int | None:
     return None if megabytes is None else int(megabytes * 2**20)
+
+
+def policy_or_exit(settings) -> None:  # settings: serving.settings.Settings
+    """Refuse to start, exit code 2, when the routing policy loosens the model card: the
+    service would make decisions its certification does not vouch for. A model that cannot be
+    read here is left to the service, which starts without it and says why (`/readyz`)."""
+    from serving.policy.config import PolicyError
+    from serving.policy.overrides import check_policy
+    from touchstone.model_card import ModelCardError, load_model_dir
+    from touchstone.registry import RegistryError, fetch_model_dir
+
+    if settings.model is None:
+        return
+    try:
+        folder = fetch_model_dir(settings.model, settings.data_dir / "models")
+        card = load_model_dir(folder, verify_hash=False).card
+    except (ModelCardError, RegistryError, OSError):
+        return
+    try:
+        check_policy(settings.policy_config, card.thresholds)
+    except PolicyError as exc:
+        said = f"{exc} (model {settings.model}; make the policy stricter or serve another model)"
+        console.print(f"[bold red]error:[/] {escape(said)}", highlight=False)
+        raise typer.Exit(2) from exc
 
 
 def settings_or_exit(**options: object):  # -> serving.settings.Settings

@@ -3,7 +3,8 @@ is used, and switched for another without dropping requests in flight.
 
 A request takes the current runtime with `ModelManager.use()` and keeps it until it has its
 scores; a switch installs the new runtime for later requests and stops the old one only when
-the last request holding it is done.
+the last request holding it is done. A model whose card the routing policy would loosen is
+refused before it is warmed (`serving/policy/overrides.py`): the old one stays in service.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ import numpy as np
 
 from serving.batching import MicroBatcher
 from serving.metrics import ServiceMetrics
+from serving.policy.overrides import check_policy
 from serving.settings import Settings
 from touchstone.inference import OnnxModel
-from touchstone.model_card import ModelCard
+from touchstone.model_card import ModelCard, load_model_dir
 from touchstone.registry import fetch_model_dir
 
 log = logging.getLogger("touchstone.serving")
@@ -75,15 +77,17 @@ class ModelManager:
         return self.current is not None
 
     async def load(self, source: str) -> ModelRuntime:
-        """Load, warm and install a model; the previous one retires when idle."""
+        """Load, warm and install a model; the previous one retires when idle. PolicyError
+        when the policy loosens the new card; then, as on any failure, nothing changes."""
         async with self._switch:
             self.loading = True
             try:
                 cache = self.settings.data_dir / "models"
                 model_dir = await asyncio.to_thread(fetch_model_dir, source, cache)
-                model = await asyncio.to_thread(
-                    OnnxModel, Path(model_dir), self.settings.threads, False
-                )
+                checked = await asyncio.to_thread(load_model_dir, Path(model_dir))
+                # Before a session opens: a card the policy loosens is never served.
+                check_policy(self.settings.policy_config, checked.card.thresholds)
+                model = await asyncio.to_thread(OnnxModel, checked, self.settings.threads, False)
                 runtime = ModelRuntime(model, self.settings, self.metrics)
                 try:
                     await runtime.start()

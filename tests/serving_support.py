@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,6 +28,32 @@ from touchstone.data.manifest import load_manifest
 
 TOUCHSTONE = str(Path(sys.executable).parent / "touchstone")
 POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+# Item log-odds the tiny test model always reaches on one side or the other (p 0.5 and 0.4999):
+# served on a card, they make it decide every item it may judge.
+DECIDING = {"authentic_at": 0.0, "counterfeit_at": -0.0004}
+
+
+def model_with_card(model: Path, out: Path, **thresholds: object) -> Path:
+    """A copy of an exported model whose card's `thresholds` block has these keys replaced
+    (`authentic_at`, `counterfeit_at` in log-odds, `required_regions`, `targets`...): what a
+    model certified with them would carry. The ONNX file is copied as it is, so the card's
+    hash still holds; `version` renames the card (the tests tell models apart by it)."""
+    out.mkdir(parents=True)
+    shutil.copy2(model / "model.onnx", out / "model.onnx")
+    card = json.loads((model / "model.json").read_text(encoding="utf-8"))
+    version = thresholds.pop("version", None)
+    if version is not None:
+        card["version"] = version
+    card["thresholds"].update(thresholds)
+    (out / "model.json").write_text(json.dumps(card, indent=2), encoding="utf-8")
+    return out
+
+
+def deciding_model(model: Path, out: Path, **thresholds: object) -> Path:
+    """`model` with a card that lets it decide alone (`DECIDING`, overridable per key)."""
+    return model_with_card(model, out, **{**DECIDING, **thresholds})
 
 
 def free_port() -> int:

@@ -4,15 +4,17 @@ The network gives each photo a log-odds of *authentic* for its region. An item's
 
     bias + sum over regions r of  weight_r * mean(log-odds of the item's photos of region r)
 
-with weights >= 0 fitted on the `calib` split (a logistic regression, so the result is already a
+with weights >= 0 fitted on the `val` split (a logistic regression, so the result is already a
 calibrated probability). Log-odds add evidence: one region that is clearly counterfeit (a very
 negative log-odds) pulls the whole item down however good the others look. Photos of the same
 region are averaged, not summed, because three shots of one engraving are not three independent
 pieces of evidence. A region with no photo adds nothing.
 
-Two thresholds on the item probability then split items three ways: auto-authentic, auto-
+Two thresholds on the item log-odds then split items three ways: auto-authentic, auto-
 counterfeit, and human review. A threshold that the calibration data could not support is None,
-and that side is never decided automatically.
+and that side is never decided automatically. Neither applies to an item that lacks a region its
+category's items were certified with (`missing_regions`): a counterfeiter leaves out the region
+that would show.
 """
 
 from __future__ import annotations
@@ -77,16 +79,17 @@ class ItemAggregation:
 
 @dataclass(frozen=True)
 class Thresholds:
-    """`authentic_at`: item p(authentic) at or above it is decided authentic alone;
-    `counterfeit_at`: at or below it, counterfeit alone. None: never on that side."""
+    """On the item's log-odds of authentic, never its probability (which saturates at 1.0
+    above a log-odds of about 37): `authentic_at`: at or above it the item is decided authentic
+    alone; `counterfeit_at`: at or below it, counterfeit alone. None: never on that side."""
 
     authentic_at: float | None
     counterfeit_at: float | None
 
     def __post_init__(self) -> None:
         for value in (self.authentic_at, self.counterfeit_at):
-            if value is not None and not 0.0 <= value <= 1.0:
-                raise ValueError(f"a threshold is a probability, got {value}")
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"a threshold is a finite log-odds, got {value}")
         if (
             self.authentic_at is not None
             and self.counterfeit_at is not None
@@ -94,26 +97,56 @@ class Thresholds:
         ):
             raise ValueError("counterfeit_at must lie below authentic_at")
 
-    def route(self, p_authentic: float) -> Route:
-        if math.isnan(p_authentic):
+    @property
+    def sides(self) -> int:
+        """How many sides the model may decide alone (0, 1 or 2)."""
+        return (self.authentic_at is not None) + (self.counterfeit_at is not None)
+
+    def route(self, log_odds: float) -> Route:
+        if math.isnan(log_odds):
             return HUMAN
-        if self.authentic_at is not None and p_authentic >= self.authentic_at:
+        if self.authentic_at is not None and log_odds >= self.authentic_at:
             return AUTO_AUTHENTIC
-        if self.counterfeit_at is not None and p_authentic <= self.counterfeit_at:
+        if self.counterfeit_at is not None and log_odds <= self.counterfeit_at:
             return AUTO_COUNTERFEIT
         return HUMAN
 
-    def routes(self, p_authentic: np.ndarray) -> np.ndarray:
+    def routes(self, log_odds: np.ndarray) -> np.ndarray:
         """`route` over an array (NaN goes to a human)."""
-        p = np.asarray(p_authentic, dtype=np.float64)
-        out = np.full(p.shape, HUMAN, dtype=object)
+        z = np.asarray(log_odds, dtype=np.float64)
+        out = np.full(z.shape, HUMAN, dtype=object)
         if self.counterfeit_at is not None:
-            out[p <= self.counterfeit_at] = AUTO_COUNTERFEIT
+            out[z <= self.counterfeit_at] = AUTO_COUNTERFEIT
         if self.authentic_at is not None:
-            out[p >= self.authentic_at] = AUTO_AUTHENTIC
+            out[z >= self.authentic_at] = AUTO_AUTHENTIC
         return out
 
 
 def photo_probability(log_odds: np.ndarray | float, temperature: float) -> np.ndarray:
     """A single photo's calibrated p(authentic): temperature scaling of its log-odds."""
     return sigmoid(np.asarray(log_odds, dtype=np.float64) / temperature)
+
+
+def required_regions(
+    categories: Sequence[str], present: np.ndarray, regions: Sequence[str]
+) -> dict[str, tuple[str, ...]]:
+    """For each category, the regions most of its certification items show (`present`: items x
+    regions). Those items are what the thresholds were certified on; an item of the category
+    without one of them is a pattern the certification never saw."""
+    required = {}
+    for category in sorted(set(categories)):
+        rows = present[np.array([c == category for c in categories])]
+        shown = rows.mean(axis=0) > 0.5
+        required[category] = tuple(r for r, s in zip(regions, shown, strict=True) if s)
+    return required
+
+
+def missing_regions(
+    category: str | None, shown: Sequence[str], required: dict[str, tuple[str, ...]]
+) -> list[str]:
+    """The regions an item of `category` must show to be decided alone and does not. A category
+    the certification never saw requires every region any category requires."""
+    needed = required.get(category or "")
+    if needed is None:
+        needed = tuple(sorted({r for regions in required.values() for r in regions}))
+    return [region for region in needed if region not in set(shown)]

@@ -17,12 +17,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from touchstone.decision import ItemAggregation, Thresholds
+from touchstone.evaluation.targets import ShareRange, Targets
 from touchstone.imaging import Preprocessing
 from touchstone.vocabulary import check_region_vocabulary
 
 CARD_FILE = "model.json"
 ONNX_FILE = "model.onnx"
-CARD_FORMAT = "touchstone-model-card/1"
+CARD_FORMAT = "touchstone-model-card/2"
 
 
 class ModelCardError(Exception):
@@ -92,29 +93,72 @@ class ItemRule(_Strict):
 class Calibration(_Strict):
     photo: PhotoCalibration
     item: ItemRule
-    fitted_on: str = "calib"
+    # Fitted on `val`, so that the thresholds are certified on items (calib) the rule never saw.
+    fitted_on: str = "val"
+
+
+class CounterfeitShare(_Strict):
+    """The share of counterfeits in traffic that the decision rates are certified for."""
+
+    low: float = Field(0.10, gt=0, lt=1)
+    high: float = Field(0.30, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> CounterfeitShare:
+        if self.low > self.high:
+            raise ValueError("counterfeit_share.low must not exceed high")
+        return self
+
+    def to_range(self) -> ShareRange:
+        return ShareRange(self.low, self.high)
 
 
 class ThresholdTargets(_Strict):
     false_authentic: float = Field(0.005, gt=0, lt=1)
     false_counterfeit: float = Field(0.02, gt=0, lt=1)
     confidence: float = Field(0.95, gt=0.5, lt=1)
+    counterfeit_share: CounterfeitShare = Field(default_factory=CounterfeitShare)
+
+    def to_targets(self) -> Targets:
+        return Targets(
+            self.false_authentic,
+            self.false_counterfeit,
+            self.confidence,
+            self.counterfeit_share.to_range(),
+        )
+
+
+class CertificationSample(_Strict):
+    """The items the thresholds were certified on, as item log-odds by class, and where they
+    came from ({source: {authentic: n, counterfeit: n}}): `touchstone recertify` pools them with
+    finalised audit verdicts of the same model."""
+
+    authentic: tuple[float, ...] = ()
+    counterfeit: tuple[float, ...] = ()
+    sources: dict[str, dict[str, int]] = Field(default_factory=dict)
 
 
 class CardThresholds(_Strict):
-    authentic_at: float | None = Field(ge=0, le=1)
-    counterfeit_at: float | None = Field(ge=0, le=1)
+    # Item log-odds of authentic (not probabilities); None: that side is never decided alone.
+    authentic_at: float | None = Field(allow_inf_nan=False)
+    counterfeit_at: float | None = Field(allow_inf_nan=False)
     targets: ThresholdTargets
-    # How the calibration split supported them: counts, rates and upper bounds, and a sentence
-    # when a target could not be supported.
+    # Per category, the regions an item must show to be decided alone: those the certified
+    # items showed. An item without one goes to a person, whatever its score.
+    required_regions: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    # How the certification sample supported them: per side the counts, bounds and decision
+    # rate bound, or why not and the evidence plan.
     evidence: dict[str, Any] = Field(default_factory=dict)
+    sample: CertificationSample = Field(default_factory=CertificationSample)
+    # 1 for the export; each `touchstone recertify` of the same ONNX file adds one.
+    certification: int = Field(1, ge=1)
 
     def to_thresholds(self) -> Thresholds:
         return Thresholds(self.authentic_at, self.counterfeit_at)
 
 
 class ModelCard(_Strict):
-    format: Literal["touchstone-model-card/1"] = CARD_FORMAT
+    format: Literal["touchstone-model-card/2"] = CARD_FORMAT
     name: str
     version: str | None = None
     architecture: str
@@ -144,6 +188,13 @@ class ModelCard(_Strict):
                 f"but the model's regions are {list(self.regions)}"
             )
         self.thresholds.to_thresholds()  # raises on crossed thresholds
+        for category, regions in self.thresholds.required_regions.items():
+            unknown = set(regions) - set(self.regions)
+            if unknown:
+                raise ValueError(
+                    f"thresholds.required_regions[{category}] names {sorted(unknown)}, "
+                    f"not among the model's regions {list(self.regions)}"
+                )
         return self
 
     def aggregation(self) -> ItemAggregation:
@@ -178,8 +229,8 @@ def file_sha256(path: Path) -> str:
 
 def load_model_dir(folder: str | Path, verify_hash: bool = True) -> ModelDir:
     """Read and check a model directory; raise ModelCardError with a stable code:
-    `not_a_directory`, `card_missing`, `card_unreadable`, `card_invalid`, `onnx_missing`,
-    `onnx_hash_mismatch`."""
+    `not_a_directory`, `card_missing`, `card_unreadable`, `card_outdated`, `card_invalid`,
+    `onnx_missing`, `onnx_hash_mismatch`."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ModelCardError("not_a_directory", f"{folder}: not a model directory")
@@ -190,6 +241,12 @@ def load_model_dir(folder: str | Path, verify_hash: bool = True) -> ModelDir:
         data = json.loads(card_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelCardError("card_unreadable", f"{card_path}: not valid JSON: {exc}") from exc
+    if isinstance(data, dict) and data.get("format") == "touchstone-model-card/1":
+        raise ModelCardError(
+            "card_outdated",
+            f"{card_path}: format touchstone-model-card/1 holds probability thresholds "
+            "certified at calib's own mix of classes; export the model again",
+        )
     try:
         card = ModelCard.model_validate(data)
     except ValidationError as exc:

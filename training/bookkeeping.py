@@ -11,6 +11,9 @@ from typing import Any
 from training import checkpoints
 from training.run_setup import RunContext, RunParts, TrainingError
 
+# Monitored metrics that improve downwards; the others (ROC-AUC, accuracy) improve upwards.
+LOWER_IS_BETTER = frozenset({"val_loss", "val_item_log_loss"})
+
 
 @dataclass
 class TrainResult:
@@ -61,7 +64,7 @@ class EarlyStopping:
             return self.best_value is None
         if self.best_value is None or math.isnan(self.best_value):
             return True
-        if self.monitor == "val_loss":
+        if self.monitor in LOWER_IS_BETTER:
             return value < self.best_value
         return value > self.best_value
 

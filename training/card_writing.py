@@ -1,6 +1,6 @@
 """The decision policy fitted by the ONNX model that will be served, and the model card that
-carries it: the `calib` split fits temperature, item rule and thresholds, the held-out split
-(`test`, else `val`) gives the card's metrics."""
+carries it: the `val` split fits temperature and item rule, `calib` certifies the thresholds,
+the held-out split (`test`) gives the card's metrics."""
 
 from __future__ import annotations
 
@@ -13,21 +13,19 @@ from rich.console import Console
 
 from touchstone.data.manifest import Manifest, PhotoRecord
 from touchstone.evaluation.evaluate import evaluate
-from touchstone.evaluation.policy import DecisionPolicy, fit_policy
+from touchstone.evaluation.policy import DecisionPolicy, card_thresholds, fit_policy
 from touchstone.evaluation.results import Evaluation
-from touchstone.evaluation.scoring import score_records
+from touchstone.evaluation.scoring import PhotoScores, score_records
 from touchstone.evaluation.thresholds import Targets
 from touchstone.model_card import (
     CARD_FORMAT,
     ONNX_FILE,
     Calibration,
     CardPreprocessing,
-    CardThresholds,
     ItemRule,
     ModelCard,
     OnnxInfo,
     PhotoCalibration,
-    ThresholdTargets,
     file_sha256,
 )
 from training.config import TrainConfig
@@ -66,24 +64,19 @@ def fit_and_evaluate(
     console: Console,
 ) -> FittedModel:
     predict = onnx_predict(onnx_path)
-    calib = score_records(
-        splits["calib"],
-        predict,
-        trained.preprocessing,
-        trained.regions,
-        console=console,
-        description="scoring calib",
-    )
-    policy = fit_policy(calib, targets)
-    held_out = score_records(
-        splits[held_out_name],
-        predict,
-        trained.preprocessing,
-        trained.regions,
-        console=console,
-        description=f"scoring {held_out_name}",
-    )
-    return FittedModel(onnx_path, policy, evaluate(held_out, policy))
+
+    def score(split: str) -> PhotoScores:
+        return score_records(
+            splits[split],
+            predict,
+            trained.preprocessing,
+            trained.regions,
+            console=console,
+            description=f"scoring {split}",
+        )
+
+    policy = fit_policy(score("val"), score("calib"), targets)
+    return FittedModel(onnx_path, policy, evaluate(score(held_out_name), policy))
 
 
 def card_metrics(
@@ -138,7 +131,7 @@ def build_card(
             quantization="int8" if quantization else "none",
         ),
         calibration=_card_calibration(fitted.policy),
-        thresholds=_card_thresholds(fitted.policy),
+        thresholds=card_thresholds(fitted.policy),
         metrics=card_metrics(fitted.held_out, held_out_name, trained, quantization),
         data=_card_data(trained, manifest, splits),
         git_commit=git_commit(),
@@ -170,19 +163,6 @@ def _card_calibration(policy: DecisionPolicy) -> Calibration:
             region_weights=dict(zip(aggregation.regions, aggregation.weights, strict=True)),
             bias=aggregation.bias,
         ),
-    )
-
-
-def _card_thresholds(policy: DecisionPolicy) -> CardThresholds:
-    return CardThresholds(
-        authentic_at=policy.thresholds.authentic_at,
-        counterfeit_at=policy.thresholds.counterfeit_at,
-        targets=ThresholdTargets(
-            false_authentic=policy.targets.false_authentic,
-            false_counterfeit=policy.targets.false_counterfeit,
-            confidence=policy.targets.confidence,
-        ),
-        evidence=policy.evidence,
     )
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from touchstone.config_files import ConfigFileError, read_yaml, validate
 from touchstone.data.splitting import parse_fractions
@@ -74,9 +74,33 @@ class OptimConfig(_Strict):
     amp: bool = True  # mixed precision on CUDA (bfloat16 where supported)
     channels_last: bool = True
     grad_clip: float | None = Field(None, gt=0)
-    monitor: Literal["val_auc", "val_loss", "val_accuracy"] = "val_auc"
+    # The first epochs (fractions allowed) train the region heads alone on frozen features;
+    # then the whole network. A random head's first gradients are noise that a pretrained
+    # backbone would otherwise follow (training.param_groups). 0: no head-only phase.
+    head_epochs: float = Field(0.0, ge=0)
+    # Backbone rate = lr * scale, head rate = lr, on the same schedule: the new head needs a
+    # high rate, the ImageNet features a gentle one (3e-3 / 3e-4 measured best on real photos).
+    # Warmup then cosine by step is already a one-cycle schedule (its warmup is
+    # `warmup_epochs`), so there is no second schedule to choose from.
+    backbone_lr_scale: float = Field(1.0, gt=0)
+    # What picks the best epoch and stops early. val_item_log_loss (lower is better): the
+    # log-loss of items on the val split, photos grouped by item and combined by the item rule
+    # fitted on those val items (training.validation); items are what is decided, and a loss
+    # moves less from noise than a ROC-AUC of a few dozen items. val_item_auc is logged beside.
+    monitor: Literal["val_auc", "val_loss", "val_accuracy", "val_item_log_loss", "val_item_auc"] = (
+        "val_auc"
+    )
     patience: int | None = Field(5, ge=1)  # epochs without improvement before stopping
     max_steps_per_epoch: int | None = Field(None, ge=1)  # cap, for tests and quick looks
+
+    @model_validator(mode="after")
+    def _head_phase_ends(self) -> OptimConfig:
+        if self.head_epochs >= self.epochs:
+            raise ValueError(
+                f"head_epochs ({self.head_epochs}) must be less than epochs ({self.epochs}): "
+                "the backbone would never train"
+            )
+        return self
 
 
 class TrackingConfig(_Strict):

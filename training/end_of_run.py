@@ -62,15 +62,17 @@ def _best_weights(networks: Networks, best_path: Path) -> AuthenticityNet:
 def evaluate_best(
     run: RunContext, net: AuthenticityNet, networks: Networks, tracker: NullTracker, step: int
 ) -> dict[str, Any] | None:
-    """What export will do on the ONNX model, on the best torch weights: the calib split
-    fits the decision policy, test (else val) measures it; the report goes to
+    """What export will do on the ONNX model, on the best torch weights: val fits the item
+    rule, calib certifies the thresholds, test (else val) measures them; the report goes to
     RUN_DIR/evaluation and MLflow. None without a calib split."""
     held_out = "test" if run.splits.get("test") else "val"
     if not run.splits.get("calib"):
         run.console.print("no calib split: item decisions and thresholds are not fitted")
         return None
     predict = torch_predict(net)
-    policy = fit_policy(_score(run, networks, predict, "calib"))
+    policy = fit_policy(
+        _score(run, networks, predict, "val"), _score(run, networks, predict, "calib")
+    )
     metrics = evaluate(_score(run, networks, predict, held_out), policy)
     paths = write_report(metrics, policy, run.out / "evaluation", f"{run.out.name}: {held_out}")
     for path in paths.values():

@@ -17,6 +17,7 @@ from pathlib import Path
 from rich.console import Console
 
 from touchstone.data.manifest import Manifest, PhotoRecord, load_manifest
+from touchstone.evaluation.policy import DecisionPolicy, policy_from_card
 from touchstone.evaluation.report import write_report
 from touchstone.evaluation.results import Evaluation
 from touchstone.evaluation.thresholds import Targets
@@ -52,6 +53,10 @@ class ExportResult:
     parity_max_abs_diff: float
     report: Path
     registered_version: str | None = None
+
+    @property
+    def policy(self) -> DecisionPolicy:
+        return policy_from_card(self.card)
 
     @property
     def metrics_split(self) -> str:
@@ -115,4 +120,16 @@ def _calibration_data(
     splits = calibration_splits(manifest, trained.config)
     if not splits.get("calib"):
         raise ExportError(f"{manifest_path}: no labelled photos in the calib split")
+    if not splits.get("val"):
+        # A manifest made for calibration alone (calib and test): the item rule is fitted on
+        # the training run's own val split, so that calib only certifies.
+        run_manifest = Path(trained.payload.get("manifest_path") or "")
+        if run_manifest.is_file():
+            own = calibration_splits(load_manifest(run_manifest, trained.regions), trained.config)
+            splits["val"] = own.get("val", [])
+    if not splits.get("val"):
+        raise ExportError(
+            f"{manifest_path}: no val split to fit the item rule on, and the run's own manifest "
+            "is not at hand"
+        )
     return manifest, splits

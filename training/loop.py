@@ -8,6 +8,7 @@ here; `run_setup` builds what it runs, `steps` trains an epoch, `validation` sco
 from __future__ import annotations
 
 import dataclasses
+from math import nan
 from pathlib import Path
 
 from rich.console import Console
@@ -152,8 +153,10 @@ class Trainer:
 
     def _report(self, row: dict[str, float], improved: bool) -> None:
         mark = " *" if improved else ""
+        item_loss, item_auc = row.get("val_item_log_loss", nan), row.get("val_item_auc", nan)
         self.context.console.print(
             f"epoch {int(row['epoch']) + 1}: train loss {row['train_loss']:.3f}, "
             f"val loss {row['val_loss']:.3f}, accuracy {row['val_accuracy']:.3f}, "
-            f"ROC-AUC {row['val_auc']:.3f}, {row['images_per_second']:.1f} img/s{mark}"
+            f"ROC-AUC {row['val_auc']:.3f}; items: log-loss {item_loss:.3f}, "
+            f"ROC-AUC {item_auc:.3f}; {row['images_per_second']:.1f} img/s{mark}"
         )

@@ -31,6 +31,7 @@ from training.data import (
 )
 from training.distributed import World
 from training.models import AuthenticityNet, BuiltModel, create_model
+from training.param_groups import param_groups, set_trainable
 
 
 class TrainingError(RuntimeError):
@@ -86,10 +87,20 @@ class Networks:
     model: torch.nn.Module  # what the step runs: `net`, DDP-wrapped under torchrun
     ema: ModelEmaV3 | None
     channels_last: bool
+    world: World
+    head_only: bool = False  # the backbone is frozen (training.param_groups)
 
     def evaluated(self) -> AuthenticityNet:
         """The weights that validation scores: the EMA when there is one."""
         return self.ema.module if self.ema is not None else self.net  # type: ignore[return-value]
+
+    def train_mode(self, head_only: bool) -> None:
+        """Ready for a training step of the given phase (the heads alone, or everything)."""
+        changed = head_only != self.head_only
+        set_trainable(self.net, head_only)
+        if changed:
+            self.head_only = head_only
+            self.model = _wrap(self.net, self.world)
 
     def to_input(self, images: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
@@ -103,16 +114,22 @@ def build_networks(config: TrainConfig, regions: tuple[str, ...], world: World) 
     channels_last = config.optim.channels_last
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
-    model: torch.nn.Module = net
-    if world.distributed:
-        ids = [world.local_rank] if world.device.type == "cuda" else None
-        model = DistributedDataParallel(net, device_ids=ids)
+    model = _wrap(net, world)
     # Made after DDP has broadcast rank 0's weights, so every rank averages alike; warmup
     # ramps the decay up from 0, so short runs are not judged on the initial weights.
     ema = None
     if config.optim.ema_decay:
         ema = ModelEmaV3(net, decay=config.optim.ema_decay, use_warmup=True)
-    return Networks(built, net, model, ema, channels_last)
+    return Networks(built, net, model, ema, channels_last, world)
+
+
+def _wrap(net: AuthenticityNet, world: World) -> torch.nn.Module:
+    """What the step runs: DDP-wrapped under torchrun. DDP reduces the gradients of the
+    parameters that required one when it was made, so a change of phase wraps anew."""
+    if not world.distributed:
+        return net
+    ids = [world.local_rank] if world.device.type == "cuda" else None
+    return DistributedDataParallel(net, device_ids=ids)
 
 
 @dataclass
@@ -161,7 +178,12 @@ class Optimisation:
     scaler: torch.amp.GradScaler
     amp_dtype: torch.dtype | None  # None: full precision
     label_weight: dict[float, float]  # loss weight by label, 1.0 authentic and 0.0 counterfeit
-    global_step: int = 0  # the schedule is a function of it
+    head_steps: int = 0  # steps before this one train the heads alone (optim.head_epochs)
+    global_step: int = 0  # the schedule and the phase are functions of it
+
+    @property
+    def head_only(self) -> bool:
+        return self.global_step < self.head_steps
 
     def autocast(self, device: torch.device) -> AbstractContextManager[Any]:
         return torch.autocast(
@@ -177,7 +199,10 @@ def build_optimisation(
     world: World,
 ) -> Optimisation:
     optim = config.optim
-    optimizer = create_optimizer_v2(net, opt="adamw", lr=optim.lr, weight_decay=optim.weight_decay)
+    groups = param_groups(net, optim.weight_decay, optim.backbone_lr_scale)
+    optimizer = create_optimizer_v2(
+        groups, opt="adamw", lr=optim.lr, weight_decay=optim.weight_decay
+    )
     scheduler = CosineLRScheduler(
         optimizer,
         t_initial=optim.epochs * steps_per_epoch,
@@ -195,7 +220,8 @@ def build_optimisation(
     in_loss = balance == "class_weights" or (balance == "sampler" and world.distributed)
     weights = class_weights(train_records) if in_loss else {}
     label_weight = {1.0: weights.get("authentic", 1.0), 0.0: weights.get("counterfeit", 1.0)}
-    return Optimisation(optimizer, scheduler, scaler, amp_dtype, label_weight)
+    head_steps = round(optim.head_epochs * steps_per_epoch)
+    return Optimisation(optimizer, scheduler, scaler, amp_dtype, label_weight, head_steps)
 
 
 @dataclass

@@ -36,7 +36,6 @@ def train_epoch(epoch: int, run: RunContext, parts: RunParts, result: TrainResul
     """Train one epoch; photos that cannot be decoded are counted in `result` as they come."""
     config, world = run.config, run.world
     networks, loaders, optimisation = parts.networks, parts.loaders, parts.optimisation
-    networks.model.train()
     if config.data.workers == 0 and loaders.train_set.transform is not None:
         # Worker processes reseed themselves each epoch; in-process loading does it here,
         # so a resumed run draws the same augmentations as an uninterrupted one.
@@ -52,6 +51,8 @@ def train_epoch(epoch: int, run: RunContext, parts: RunParts, result: TrainResul
             result.skipped_photos += batch.skipped
             if len(batch.labels) == 0:
                 continue
+            # The phase is a function of the step, so a resumed run picks it up as it was.
+            networks.train_mode(head_only=optimisation.head_only)
             losses.append(train_step(batch, config, world, networks, optimisation))
             seen += len(batch.labels)
             rate = seen * world.size / (time.perf_counter() - start)

@@ -34,7 +34,7 @@ from serving.appraisals.uploads import AppraisalRequest, PhotoUpload
 from serving.db import Appraisal, Member
 from serving.errors import ApiError
 from serving.policy.config import PolicyConfig
-from serving.policy.routing import RoutingDecision, RoutingRequest, route
+from serving.policy.routing import RoutingDecision, route
 
 RECENT = 200  # the real appraisals a gold item's fields are drawn from, newest first
 # As `AppraisalService.request_human_review` words it: a real item's reason.
@@ -79,23 +79,14 @@ def review_decision(
             "unusable_photos",
             "a gold item's photos must pass the photo checks: " + "; ".join(decision.reasons),
         )
-    if decision.status == Status.IN_REVIEW or judgement.runtime is None:
+    if (
+        decision.status == Status.IN_REVIEW
+        or judgement.runtime is None
+        or judgement.routing is None
+    ):
         return decision
-    card = judgement.runtime.card
-    audit = route(
-        RoutingRequest(
-            member_tier=request.member_tier,
-            category=request.category,
-            declared_value_cny=request.declared_value,
-            photo_count=len([p for p in request.photos if p.log_odds is not None]),
-            model_ready=True,
-            p_authentic=judgement.p_authentic,
-            model_categories=card.categories,
-            thresholds=card.thresholds.to_thresholds(),
-            audit_draw=0.0,  # drawn for the audit sample
-        ),
-        policy,
-    )
+    # The same item, drawn for the audit sample.
+    audit = route(replace(judgement.routing, audit_draw=0.0), policy)
     if audit.status == Status.IN_REVIEW:
         return audit
     return replace(

@@ -1,5 +1,6 @@
-"""From scored photos to a decision: the model's scores through the item rule, then the
-routing policy; what the model alone would have decided is kept for the audit numbers."""
+"""From scored photos to a decision: the model's scores through the item rule (the item's
+log-odds, which routing compares with the thresholds), then the routing policy; what the model
+alone would have decided is kept for the audit numbers."""
 
 from __future__ import annotations
 
@@ -16,19 +17,21 @@ from serving.policy.config import PolicyConfig
 from serving.policy.routing import RoutingDecision, RoutingRequest, effective_thresholds, route
 from serving.review.tasks import MAX_PHOTO_ROUNDS
 from serving.runtime import ModelRuntime
-from touchstone.decision import sigmoid
+from touchstone.decision import HUMAN, missing_regions, sigmoid
 from touchstone.imaging import to_model_input
 
 
 @dataclass
 class Judgement:
     """The policy's decision, the model that scored the photos (None: no model took part),
-    and the item's p(authentic)."""
+    the item's p(authentic) (stored for people; routing compares the log-odds), and the
+    request routing saw (None where routing did not run)."""
 
     decision: RoutingDecision
     runtime: ModelRuntime | None
     p_authentic: float | None
     model_outcome: str | None = None  # what the model alone would have decided
+    routing: RoutingRequest | None = None
 
     def columns(self) -> dict[str, object]:
         """The appraisal's columns this judgement sets; its status, outcome and path are the
@@ -55,7 +58,7 @@ async def judge(
     last_round: bool = False,
 ) -> Judgement:
     """Score the usable new photos (through the micro-batcher), combine them with the earlier
-    rounds' scores into the item's p_authentic, and route the item by the policy. Without a
+    rounds' scores into the item's log-odds, and route the item by the policy. Without a
     model, or when it fails, people decide; a full queue is a 503."""
     usable = [p for p in new_photos if p.usable]
     model_ready = runtime is not None
@@ -79,18 +82,25 @@ async def judge(
         else:
             for photo, score in zip(usable, scores, strict=True):
                 photo.log_odds = float(score)
-    p_authentic = None
+    log_odds = p_authentic = None
     scored = [p for p in [*(earlier or []), *usable] if p.log_odds is not None]
     if model_ready and runtime is not None and scored:
         aggregation = runtime.card.aggregation()
-        p_authentic = float(
-            sigmoid(aggregation.item_log_odds([(p.region, p.log_odds) for p in scored]))
-        )
-    # The card's thresholds: `route` applies the policy's overrides itself.
-    card_thresholds = runtime.card.thresholds.to_thresholds() if runtime is not None else None
+        log_odds = aggregation.item_log_odds([(p.region, p.log_odds) for p in scored])
+        p_authentic = float(sigmoid(log_odds))
+    # The card's thresholds and required regions: `route` applies the policy's overrides.
+    card = runtime.card.thresholds if runtime is not None else None
+    card_thresholds = card.to_thresholds() if card is not None else None
+    required = dict(card.required_regions) if card is not None else {}
+    shown = tuple(dict.fromkeys(p.region for p in scored))
     model_outcome = None
-    if p_authentic is not None:
-        model_outcome = effective_thresholds(card_thresholds, policy).route(p_authentic)
+    if log_odds is not None:
+        # An item lacking a required region is one the model may not decide alone.
+        model_outcome = (
+            HUMAN
+            if missing_regions(request.category, shown, required)
+            else effective_thresholds(card_thresholds, policy).route(log_odds)
+        )
     unusable = [(p.region, p.problems) for p in new_photos if not p.usable]
     photo_count = len(scored) if model_ready else len([*(earlier or []), *usable])
     if last_round and (unusable or photo_count < policy.min_photos):
@@ -109,19 +119,21 @@ async def judge(
             sla_hours=policy.sla_for(request.member_tier),
         )
         return Judgement(decision, runtime if model_ready else None, p_authentic, model_outcome)
-    decision = route(
-        RoutingRequest(
-            member_tier=request.member_tier,
-            category=request.category,
-            declared_value_cny=request.declared_value,
-            photo_count=photo_count,
-            unusable_photos=unusable,
-            model_ready=model_ready,
-            p_authentic=p_authentic,
-            model_categories=runtime.card.categories if runtime is not None else (),
-            thresholds=card_thresholds,
-            audit_draw=random.random(),
-        ),
-        policy,
+    routing = RoutingRequest(
+        member_tier=request.member_tier,
+        category=request.category,
+        declared_value_cny=request.declared_value,
+        photo_count=photo_count,
+        unusable_photos=unusable,
+        model_ready=model_ready,
+        log_odds=log_odds,
+        model_categories=runtime.card.categories if runtime is not None else (),
+        thresholds=card_thresholds,
+        shown_regions=shown,
+        required_regions=required,
+        audit_draw=random.random(),
     )
-    return Judgement(decision, runtime if model_ready else None, p_authentic, model_outcome)
+    decision = route(routing, policy)
+    return Judgement(
+        decision, runtime if model_ready else None, p_authentic, model_outcome, routing
+    )

@@ -1,7 +1,8 @@
 """The routing policy's settings (`configs/policy.yaml`): each tier's SLA, which tiers are VIP,
-who goes to people whatever the model says, photo counts and quality limits, and optional threshold
-overrides. Every number is a default here and in the YAML file, never a constant in the code
-that uses it."""
+who goes to people whatever the model says, photo counts and quality limits, the audit shares,
+the traffic's declared counterfeit share, and optional threshold overrides (item log-odds, only
+ever stricter than the model card's: `serving/policy/overrides.py`). Every number is a default
+here and in the YAML file, never a constant in the code that uses it."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
 from touchstone.config_files import ConfigFileError, load_yaml_model
+from touchstone.model_card import CounterfeitShare
 from touchstone.vocabulary import TIERS, check_tier_names
 
 
@@ -55,11 +57,18 @@ class PolicyConfig(_Strict):
     )
     high_value_cny: float = Field(50_000, gt=0)
     audit_share: float = Field(0.02, ge=0, le=1)
+    # Used instead while either of the card's thresholds is None: the audited items are the
+    # evidence a recertification needs, so they come fastest where it is missing.
+    audit_share_while_unsupported: float = Field(0.25, ge=0, le=1)
+    # The counterfeit share the traffic is expected to hold; it must lie inside the range the
+    # card's error rates are certified for.
+    counterfeit_share: CounterfeitShare = Field(default_factory=CounterfeitShare)
     min_photos: PositiveInt = 2
     max_photos: PositiveInt = 12
     max_photos_per_region: PositiveInt = 4
-    authentic_at: float | None = Field(None, ge=0, le=1)
-    counterfeit_at: float | None = Field(None, ge=0, le=1)
+    # Item log-odds of authentic, as on the card; only ever stricter than the card's.
+    authentic_at: float | None = Field(None, allow_inf_nan=False)
+    counterfeit_at: float | None = Field(None, allow_inf_nan=False)
     photo_quality: PhotoQualityConfig = Field(default_factory=PhotoQualityConfig)
 
     @model_validator(mode="before")
@@ -101,7 +110,16 @@ class PolicyConfig(_Strict):
             and self.counterfeit_at >= self.authentic_at
         ):
             raise ValueError("counterfeit_at must lie below authentic_at")
+        if self.audit_share_while_unsupported < self.audit_share:
+            raise ValueError(
+                "audit_share_while_unsupported must be at least audit_share: a card with an "
+                "unsupported side needs more audited items, not fewer"
+            )
         return self
+
+    def audit_share_for(self, supported_sides: int) -> float:
+        """The audit share for a card that supports this many sides (0, 1 or 2)."""
+        return self.audit_share if supported_sides == 2 else self.audit_share_while_unsupported
 
     def check_tier(self, tier: str) -> None:
         if tier not in TIERS:

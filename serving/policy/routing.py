@@ -9,35 +9,44 @@
    reviewer decides: never lose an upload.
 3. `unknown_category`: the model was not trained on the item's category, so its score means
    nothing there, however confident it looks.
-4. `high_value`: declared value above `high_value_cny`: two blind reviews (a fake certified as
+4. `missing_region`: the item's scored photos lack a region the card requires of its category
+   (`thresholds.required_regions`): the thresholds were certified on items that showed it, and
+   a counterfeiter leaves out the region that would give the fake away.
+5. `high_value`: declared value above `high_value_cny`: two blind reviews (a fake certified as
    authentic costs the platform three times its price).
-5. `vip_tier`: VIP members get the "AI + human" dual channel: a reviewer confirms every verdict.
-6. `member_requested`: a member may always ask for a human (PIPL art. 24).
-7. `uncertain`: the item's p_authentic lies between the thresholds.
-8. `audit_sample`: a random share of would-be automatic verdicts goes to a reviewer, so the
-   model's real error rate on what it decides alone stays measured.
-9. `auto_authentic` / `auto_counterfeit`: the model decides alone.
+6. `vip_tier`: VIP members get the "AI + human" dual channel: a reviewer confirms every verdict.
+7. `member_requested`: a member may always ask for a human (PIPL art. 24).
+8. `audit_sample`: a random share of every item left, sure or not, goes to a reviewer. Drawn
+   before the score is looked at, the audited items are a simple random sample of the traffic
+   the certification covers, so their verdicts are unbiased labels for recertifying the card
+   and the model's real error rates stay measured. The share is `audit_share`, or the larger
+   `audit_share_while_unsupported` while either card threshold is None.
+9. `uncertain`: the item's log-odds lies between the thresholds.
+10. `auto_authentic` / `auto_counterfeit`: the model decides alone.
 
-Rules 2 to 6 do not need the model's score, so when one fires the reasons list every one of them
-that applies (a reviewer should know that an item is both high-value and a VIP's), and a
+Rules 2 to 7 do not need to compare the score, so when one fires the reasons list every one of
+them that applies (a reviewer should know that an item is both high-value and a VIP's), and a
 high-value item gets two reviews whichever of them fired first.
 
-Pure and torch-free. The caller draws `audit_draw` (the service
-uses `random.random()`), so the same request always routes the same way.
+Thresholds compare the item's log-odds, never its probability, which saturates at 1.0 above a
+log-odds of about 37; reasons also give the probability, for people. Pure and torch-free. The
+caller draws `audit_draw` (the service uses `random.random()`), so the same request always
+routes the same way.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
 
 from serving.appraisals.status import Status
-from serving.policy.config import PolicyConfig, PolicyError
+from serving.policy.config import PolicyConfig
 from serving.policy.photo_quality import PROBLEM_WORDS
-from touchstone.decision import HUMAN, Thresholds
+from serving.review.tasks import AUDIT_SAMPLE
+from touchstone.decision import HUMAN, Thresholds, missing_regions, sigmoid
 
 Outcome = Literal["authentic", "counterfeit"]
 DecisionPath = Literal["auto", "human"]
@@ -49,8 +58,11 @@ class RoutingRequest:
 
     `unusable_photos`: (photo, problem codes) for each photo that failed `assess_photo`; the
     photo is a name a person reads ("logo photo 2") or a number counted from 1.
+    `log_odds`: the item's log-odds of authentic (the card's aggregation); None: no score.
     `model_categories`: the categories on the model card; empty means the model takes any.
     `thresholds`: the model card's; None when no model is loaded.
+    `shown_regions`: the regions of the item's scored photos; `required_regions`: the card's
+    regions per category an item must show to be decided alone (empty: none).
     `audit_draw`: uniform in [0, 1), drawn by the caller.
     """
 
@@ -60,9 +72,11 @@ class RoutingRequest:
     photo_count: int
     unusable_photos: Sequence[tuple[str | int, Sequence[str]]] = ()
     model_ready: bool
-    p_authentic: float | None
+    log_odds: float | None
     model_categories: tuple[str, ...] = ()
     thresholds: Thresholds | None = None
+    shown_regions: tuple[str, ...] = ()
+    required_regions: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     human_review_requested: bool = False
     audit_draw: float
 
@@ -79,20 +93,16 @@ class RoutingDecision:
 
 
 def effective_thresholds(card: Thresholds | None, config: PolicyConfig) -> Thresholds:
-    """The card's thresholds with the policy's overrides in place of those that are set."""
+    """The stricter of the card's thresholds and the policy's overrides, side by side. A side
+    the card leaves unsupported (None) stays so: a policy can only narrow what the card
+    certified (`check_policy` refuses a looser one before it serves; this never loosens)."""
     authentic_at = card.authentic_at if card is not None else None
     counterfeit_at = card.counterfeit_at if card is not None else None
-    if config.authentic_at is not None:
-        authentic_at = config.authentic_at
-    if config.counterfeit_at is not None:
-        counterfeit_at = config.counterfeit_at
-    try:
-        return Thresholds(authentic_at, counterfeit_at)
-    except ValueError as exc:
-        raise PolicyError(
-            f"the policy's threshold overrides do not fit the model card's: authentic_at "
-            f"{authentic_at}, counterfeit_at {counterfeit_at} ({exc})"
-        ) from exc
+    if authentic_at is not None and config.authentic_at is not None:
+        authentic_at = max(authentic_at, config.authentic_at)
+    if counterfeit_at is not None and config.counterfeit_at is not None:
+        counterfeit_at = min(counterfeit_at, config.counterfeit_at)
+    return Thresholds(authentic_at, counterfeit_at)  # stricter on both sides: never crossed
 
 
 def route(request: RoutingRequest, config: PolicyConfig) -> RoutingDecision:
@@ -112,23 +122,26 @@ def route(request: RoutingRequest, config: PolicyConfig) -> RoutingDecision:
     if human_rules:
         return _to_human(human_rules, high_value, sla)
 
-    assert request.p_authentic is not None  # _model_rules sent a missing score to a reviewer
-    p = request.p_authentic
-    thresholds = effective_thresholds(request.thresholds, config)
-    verdict = thresholds.route(p)
-    if verdict == HUMAN:
-        return _to_human([("uncertain", _uncertain_reason(p, thresholds))], False, sla)
-    if request.audit_draw < config.audit_share:
-        # The model's verdict stays out of the reason: the audit review is blind.
+    # Drawn before the score is compared, so that sure and unsure items alike are sampled.
+    share = config.audit_share_for(request.thresholds.sides if request.thresholds else 0)
+    if request.audit_draw < share:
+        # The model's verdict stays out of the reason, so it cannot steer the reviewer.
         reason = (
-            f"picked at random for a quality check of the model's automatic verdicts "
-            f"({config.audit_share:.0%} of them go to a reviewer)"
+            f"picked at random for a quality check of the model ({share:.0%} of the items it "
+            "may judge go to a reviewer)"
         )
-        return _to_human([("audit_sample", reason)], False, sla)
+        return _to_human([(AUDIT_SAMPLE, reason)], False, sla)
+
+    assert request.log_odds is not None  # _model_rules sent a missing score to a reviewer
+    z = request.log_odds
+    thresholds = effective_thresholds(request.thresholds, config)
+    verdict = thresholds.route(z)
+    if verdict == HUMAN:
+        return _to_human([("uncertain", _uncertain_reason(z, thresholds))], False, sla)
     if verdict == "authentic":
-        reason = f"p_authentic {p:.4g} is at or above the authentic threshold {_at(thresholds)}"
+        reason = f"{_score(z)} is at or above the authentic threshold {_at(thresholds)}"
     else:
-        reason = f"p_authentic {p:.4g} is at or below the counterfeit threshold {_ct(thresholds)}"
+        reason = f"{_score(z)} is at or below the counterfeit threshold {_ct(thresholds)}"
     return RoutingDecision(
         Status.DECIDED,
         verdict,
@@ -150,9 +163,6 @@ def _check_request(request: RoutingRequest) -> None:
         raise ValueError(f"photo_count must be >= 0, got {request.photo_count}")
     if not 0.0 <= request.audit_draw < 1.0:
         raise ValueError(f"audit_draw must lie in [0, 1), got {request.audit_draw}")
-    p = request.p_authentic
-    if p is not None and not math.isnan(p) and not 0.0 <= p <= 1.0:
-        raise ValueError(f"p_authentic is a probability, got {p}")
 
 
 def _photo_reasons(request: RoutingRequest, config: PolicyConfig) -> list[str]:
@@ -170,22 +180,42 @@ def _photo_reasons(request: RoutingRequest, config: PolicyConfig) -> list[str]:
 
 
 def _model_rules(request: RoutingRequest) -> list[tuple[str, str]]:
-    """Why the model's score cannot be used for this item, if it cannot."""
-    p = request.p_authentic
+    """Why the model's score cannot be used for this item, if it cannot: the model is down,
+    or every reason the certification does not cover the item."""
+    z = request.log_odds
     if not request.model_ready:
         return [("model_unavailable", "the model is unavailable, so a reviewer decides")]
-    if p is None or math.isnan(p):
+    if z is None or not math.isfinite(z):
+        # An infinite log-odds comes from a broken model, not a sure one.
         return [("model_unavailable", "the model gave no usable score, so a reviewer decides")]
+    rules = []
     known = request.model_categories
     if known and request.category not in known:
         what = f"category {request.category!r}" if request.category else "an unnamed category"
-        return [
+        rules.append(
             (
                 "unknown_category",
                 f"the model was not trained on {what} (it knows {', '.join(known)})",
             )
-        ]
-    return []
+        )
+    missing = missing_regions(
+        request.category, request.shown_regions, dict(request.required_regions)
+    )
+    if missing:
+        category = request.category or ""
+        whose = (
+            f"every {category}"
+            if category in request.required_regions
+            else "every item of a category the model was not certified on"
+        )
+        rules.append(
+            (
+                "missing_region",
+                f"the photos show no {' or '.join(missing)}, which {whose} must show for "
+                "the model to decide alone",
+            )
+        )
+    return rules
 
 
 def _policy_rules(
@@ -220,11 +250,16 @@ def _to_human(rules: list[tuple[str, str]], high_value: bool, sla: int) -> Routi
     )
 
 
-def _uncertain_reason(p: float, thresholds: Thresholds) -> str:
+def _score(z: float) -> str:
+    """The item's log-odds, and its probability for people."""
+    return f"log-odds {z:.4g} (p_authentic {float(sigmoid(z)):.4g})"
+
+
+def _uncertain_reason(z: float, thresholds: Thresholds) -> str:
     if thresholds.authentic_at is None and thresholds.counterfeit_at is None:
-        return f"the model may not decide alone (no thresholds are set); p_authentic {p:.4g}"
+        return f"the model may not decide alone (no thresholds are set); {_score(z)}"
     return (
-        f"the model is not sure: p_authentic {p:.4g} lies between the counterfeit threshold "
+        f"the model is not sure: {_score(z)} lies between the counterfeit threshold "
         f"{_ct(thresholds)} and the authentic threshold {_at(thresholds)}"
     )
 

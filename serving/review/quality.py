@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from serving.appraisals.status import Status
 from serving.db import Appraisal, ReviewTask, Verdict, as_utc
-from serving.review.tasks import FINAL_OUTCOMES, claimable
+from serving.review.tasks import AUDIT_SAMPLE, FINAL_OUTCOMES, claimable
 from serving.schemas.review import ReviewQuality
 
 
@@ -68,7 +68,7 @@ def quality_numbers(session: Session, now: dt.datetime) -> ReviewQuality:
             Appraisal.outcome.in_(("authentic", "counterfeit")),
         )
     ).all()
-    audit = [(m, o) for m, o, rule in finished if rule == "audit_sample"]
+    audit = [(m, o) for m, o, rule in finished if rule == AUDIT_SAMPLE]
     audit_authentic = [o for m, o in audit if m == "authentic"]
     return ReviewQuality(
         queue_open=int(session.scalar(select(func.count(ReviewTask.id)).where(waiting)) or 0),

@@ -17,17 +17,22 @@ FINAL_OUTCOMES = ("authentic", "counterfeit", "inconclusive")
 MAX_PHOTO_ROUNDS = 3
 # The rule of an appraisal a reviewer sent back for photos: the photos go back to a reviewer.
 REVIEWER_ASKED_FOR_PHOTOS = "reviewer_needs_more_photos"
+# The rule of the random audit sample (routing); its finalised verdicts recertify the model.
+AUDIT_SAMPLE = "audit_sample"
 
 
 def tasks_for(appraisal: Appraisal) -> list[ReviewTask]:
-    """The review tasks an appraisal routed to people needs: one, or two blind ones."""
+    """The review tasks an appraisal routed to people needs: one, or two blind ones; an audit
+    sample's one task is blind as well."""
     double = appraisal.reviews_required >= 2
     return [
         ReviewTask(
             appraisal_id=appraisal.id,
             stage="double" if double else "review",
             required_role="reviewer",
-            blind=double,
+            # An audit's verdict is the label that recertifies the model: a reviewer who saw
+            # the model's score would lean towards it, so audits are blind too.
+            blind=double or appraisal.rule == AUDIT_SAMPLE,
             status="open",
             due_at=appraisal.sla_due_at,
         )

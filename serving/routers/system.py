@@ -12,6 +12,7 @@ from sqlalchemy.orm import sessionmaker
 from serving.auth import THRESHOLD_ROLES
 from serving.deps import Admin, AnyRole, MetricsDep, ModelsDep, SessionsDep
 from serving.errors import ApiError
+from serving.policy.config import PolicyError
 from serving.schemas.system import (
     Health,
     ModelStatus,
@@ -88,4 +89,6 @@ async def switch_model(switch: ModelSwitch, models: ModelsDep, _: Admin) -> Mode
         runtime = await models.load(switch.source)
     except (ModelCardError, RegistryError, FileNotFoundError) as exc:
         raise ApiError(422, "model_unusable", f"{switch.source}: {exc}") from exc
+    except PolicyError as exc:  # the card is fine; the policy in force would loosen it
+        raise ApiError(422, "policy_loosens_card", f"{switch.source}: {exc}") from exc
     return ModelSwitched(source=switch.source, name=runtime.card.name, version=runtime.card.version)

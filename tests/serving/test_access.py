@@ -23,14 +23,17 @@ from sqlalchemy import select, update
 from typer.testing import CliRunner
 
 from cli import app as touchstone
-from tests.serving_support import Server, form, item_photos, start_server, stop
+from tests.serving_support import (
+    Server,
+    deciding_model,
+    form,
+    item_photos,
+    start_server,
+    stop,
+)
 
-AUTO_POLICY = """
-# Thresholds the tiny test model can reach, and no audit draw, so that decisions are automatic.
-authentic_at: 0.5
-counterfeit_at: 0.4999
-audit_share: 0.0
-"""
+# No audit draw: with a card whose thresholds the tiny model reaches, decisions are automatic.
+AUTO_POLICY = "audit_share: 0.0\n"
 SCORE_WORDS = ("p_authentic", "log_odds", "score", "threshold", "calibration")
 
 
@@ -47,7 +50,8 @@ def scored(tmp_path: Path, tiny_model: Path) -> Iterator[Server]:
     """The tiny model deciding alone."""
     policy = tmp_path / "policy.yaml"
     policy.write_text(AUTO_POLICY)
-    server = start_server(tmp_path / "data", tiny_model, policy=policy)
+    model = deciding_model(tiny_model, tmp_path / "deciding-model")
+    server = start_server(tmp_path / "data", model, policy=policy)
     yield server
     stop(server)
 

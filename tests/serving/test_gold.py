@@ -15,7 +15,15 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from tests.serving_support import Server, announce, form, item_photos, start_server, stop
+from tests.serving_support import (
+    Server,
+    announce,
+    deciding_model,
+    form,
+    item_photos,
+    start_server,
+    stop,
+)
 
 # Two kinds of real traffic: a connoisseur's item of modest value (one review), and a VIP's
 # high-value item (two blind reviews); the member ids have each platform's own form.
@@ -210,12 +218,13 @@ def test_with_no_real_traffic_a_gold_item_takes_the_defaults(
 def test_a_gold_item_the_model_would_decide_goes_as_a_real_one_would(
     tmp_path: Path, tiny_model: Path, tiny_synthetic: Path, audit_share: float, rule: str
 ) -> None:
-    """Thresholds the tiny model always reaches: it would decide any item alone. A gold item
-    reaches people as a real one does then: drawn for the audit sample, or, where the policy
-    samples none, as if its member had asked for a person."""
+    """A card whose thresholds the tiny model always reaches: it would decide any item alone.
+    A gold item reaches people as a real one does then: drawn for the audit sample, or, where
+    the policy samples none, as if its member had asked for a person."""
     policy = tmp_path / "policy.yaml"
-    policy.write_text(f"authentic_at: 0.5\ncounterfeit_at: 0.4999\naudit_share: {audit_share}\n")
-    server = start_server(tmp_path / "data", tiny_model, policy=policy)
+    policy.write_text(f"audit_share: {audit_share}\n")
+    model = deciding_model(tiny_model, tmp_path / "deciding-model")
+    server = start_server(tmp_path / "data", model, policy=policy)
     try:
         added = _add_gold(server, server.key("admin"), tiny_synthetic, 3)
         assert added.status_code == 201, added.text
@@ -227,10 +236,10 @@ def test_a_gold_item_the_model_would_decide_goes_as_a_real_one_would(
     assert decision["reviews_required"] == 1 and decision["p_authentic"] is not None
     if rule == "audit_sample":
         assert decision["reasons"] == [
-            "picked at random for a quality check of the model's automatic verdicts "
-            "(2% of them go to a reviewer)"
+            "picked at random for a quality check of the model (2% of the items it may judge "
+            "go to a reviewer)"
         ]
     else:
-        assert decision["reasons"][0].startswith("decided by the model: p_authentic ")
+        assert decision["reasons"][0].startswith("decided by the model: log-odds ")
         asked = "the member asked for a person to review the automated result"
         assert decision["reasons"][1] == asked

@@ -2,6 +2,7 @@
 quality flags dark, blown-out, tiny and blurred photos but passes a sharp one."""
 
 import io
+import math
 import subprocess
 import sys
 from dataclasses import replace
@@ -24,20 +25,25 @@ from touchstone.imaging import decode_photo, decode_reduced
 
 ROOT = Path(__file__).resolve().parents[2]
 POLICY = PolicyConfig()
-CARD = Thresholds(authentic_at=0.95, counterfeit_at=0.05)
+# Item log-odds of authentic: 2.9 is p 0.948, 4.6 is p 0.990.
+CARD = Thresholds(authentic_at=2.9, counterfeit_at=-2.9)
+REGIONS = ("hardware", "stitching", "logo")
 
 
 def _item(**changes: object) -> RoutingRequest:
-    """An explorer's bag, well photographed, that the model finds clearly authentic."""
+    """An explorer's bag, well photographed (every region the card requires), that the model
+    finds clearly authentic."""
     base = RoutingRequest(
         member_tier="explorer",
         category="bag",
         declared_value_cny=8_000.0,
         photo_count=4,
         model_ready=True,
-        p_authentic=0.99,
+        log_odds=4.6,
         model_categories=("bag", "watch"),
         thresholds=CARD,
+        shown_regions=REGIONS,
+        required_regions={"bag": REGIONS, "watch": ("hardware", "logo")},
         audit_draw=0.5,
     )
     return replace(base, **changes)
@@ -51,21 +57,31 @@ def test_a_clear_score_is_decided_by_the_model_alone() -> None:
     assert (decision.status, decision.outcome, decision.path) == ("decided", "authentic", "auto")
     assert decision.rule == "auto_authentic" and decision.reviews_required == 0
     assert decision.sla_hours == 48
-    assert "0.99" in decision.reasons[0] and "0.95" in decision.reasons[0]
+    # Log-odds for the thresholds, the probability for people.
+    assert "log-odds 4.6" in decision.reasons[0] and "2.9" in decision.reasons[0]
+    assert "p_authentic 0.99" in decision.reasons[0]
 
-    fake = route(_item(p_authentic=0.01), POLICY)
+    fake = route(_item(log_odds=-4.6), POLICY)
     assert (fake.status, fake.outcome, fake.path) == ("decided", "counterfeit", "auto")
     assert fake.rule == "auto_counterfeit"
     # The thresholds are inclusive, as in Thresholds.route.
-    assert route(_item(p_authentic=0.95), POLICY).rule == "auto_authentic"
-    assert route(_item(p_authentic=0.05), POLICY).rule == "auto_counterfeit"
+    assert route(_item(log_odds=2.9), POLICY).rule == "auto_authentic"
+    assert route(_item(log_odds=-2.9), POLICY).rule == "auto_counterfeit"
 
 
 def test_an_uncertain_score_goes_to_one_reviewer_and_says_why() -> None:
-    decision = route(_item(p_authentic=0.62), POLICY)
+    decision = route(_item(log_odds=0.5), POLICY)
     assert (decision.status, decision.outcome, decision.path) == ("in_review", None, "human")
     assert decision.rule == "uncertain" and decision.reviews_required == 1
-    assert "p_authentic 0.62" in decision.reasons[0]
+    assert "log-odds 0.5 (p_authentic 0.6225)" in decision.reasons[0]
+
+
+def test_thresholds_compare_log_odds_where_probabilities_saturate() -> None:
+    """Above a log-odds of about 37 every probability is 1.0: a threshold there still splits."""
+    far = Thresholds(authentic_at=40.0, counterfeit_at=-40.0)
+    assert route(_item(thresholds=far, log_odds=39.0), POLICY).rule == "uncertain"
+    assert route(_item(thresholds=far, log_odds=41.0), POLICY).rule == "auto_authentic"
+    assert route(_item(thresholds=far, log_odds=-41.0), POLICY).rule == "auto_counterfeit"
 
 
 def test_too_few_photos_or_an_unusable_one_asks_for_photos() -> None:
@@ -86,7 +102,7 @@ def test_an_unusable_photo_beats_every_other_rule() -> None:
         member_tier="brand_confidant",
         declared_value_cny=900_000.0,
         model_ready=False,
-        p_authentic=None,
+        log_odds=None,
         category="shoe",
         human_review_requested=True,
         unusable_photos=[("hardware photo 1", [TOO_BRIGHT])],
@@ -99,9 +115,10 @@ def test_an_unusable_photo_beats_every_other_rule() -> None:
 
 def test_without_a_model_a_reviewer_decides() -> None:
     for request in (
-        _item(model_ready=False, p_authentic=None, thresholds=None),
-        _item(p_authentic=None),  # loaded, but no score for this item
-        _item(p_authentic=float("nan")),
+        _item(model_ready=False, log_odds=None, thresholds=None),
+        _item(log_odds=None),  # loaded, but no score for this item
+        _item(log_odds=float("nan")),
+        _item(log_odds=math.inf),  # a broken model, not a sure one
     ):
         decision = route(request, POLICY)
         assert (decision.status, decision.path, decision.rule) == (
@@ -118,7 +135,47 @@ def test_an_unknown_category_goes_to_a_reviewer() -> None:
     assert "'shoe'" in decision.reasons[0] and "bag, watch" in decision.reasons[0]
     assert route(_item(category=None), POLICY).rule == "unknown_category"
     # A model that declares no categories takes any.
-    assert route(_item(category="shoe", model_categories=()), POLICY).rule == "auto_authentic"
+    anything = _item(category="shoe", model_categories=(), required_regions={})
+    assert route(anything, POLICY).rule == "auto_authentic"
+
+
+def test_an_item_missing_a_required_region_is_never_decided_alone() -> None:
+    """Two logo photos and no hardware: a pattern the certification never saw (a counterfeiter
+    leaves out the region that would show), however sure the model is."""
+    for log_odds in (4.6, -4.6):
+        decision = route(_item(shown_regions=("logo",), log_odds=log_odds), POLICY)
+        assert decision.rule == "missing_region" and decision.path == "human"
+        assert decision.status == "in_review" and decision.reviews_required == 1
+        assert decision.reasons == [
+            "the photos show no hardware or stitching, which every bag must show for the "
+            "model to decide alone"
+        ]
+    # Each category its own regions; none required, none missing.
+    watch = route(_item(category="watch", shown_regions=("logo", "hardware")), POLICY)
+    assert watch.rule == "auto_authentic"
+    assert route(_item(shown_regions=("logo",), required_regions={}), POLICY).rule == (
+        "auto_authentic"
+    )
+    # A category the certification never saw needs every region any category needs.
+    unseen = _item(category="shoe", model_categories=(), shown_regions=("hardware", "logo"))
+    missing = route(unseen, POLICY)
+    assert missing.rule == "missing_region" and "stitching" in missing.reasons[0]
+
+
+def test_a_missing_region_is_listed_with_the_other_reasons() -> None:
+    dear = route(
+        _item(shown_regions=("logo", "stitching"), declared_value_cny=90_000.0, category="watch"),
+        POLICY,
+    )
+    assert dear.rule == "missing_region" and dear.reviews_required == 2
+    assert "hardware" in dear.reasons[0] and "watch" in dear.reasons[0]
+    assert "two reviewers" in dear.reasons[1]
+    both = route(_item(category="shoe", shown_regions=("logo",)), POLICY)
+    assert both.rule == "unknown_category" and len(both.reasons) == 2
+    assert "'shoe'" in both.reasons[0] and "no hardware or stitching" in both.reasons[1]
+    # Without a score, regions are moot: the model is the reason.
+    down = route(_item(model_ready=False, log_odds=None, shown_regions=()), POLICY)
+    assert down.rule == "model_unavailable" and len(down.reasons) == 1
 
 
 def test_high_value_means_two_blind_reviews_strictly_above_the_threshold() -> None:
@@ -156,13 +213,45 @@ def test_the_audit_sample_takes_draws_strictly_below_the_share() -> None:
     sampled = route(_item(audit_draw=0.0199), POLICY)
     assert sampled.rule == "audit_sample" and sampled.path == "human"
     assert sampled.outcome is None and sampled.reviews_required == 1
-    assert "random" in sampled.reasons[0] and "quality check" in sampled.reasons[0]
-    assert "0.99" not in sampled.reasons[0]  # the audit is blind: no model verdict in sight
+    assert sampled.reasons == [
+        "picked at random for a quality check of the model (2% of the items it may judge go "
+        "to a reviewer)"
+    ]
     assert route(_item(audit_draw=0.02), POLICY).rule == "auto_authentic"
     assert route(_item(audit_draw=0.0), PolicyConfig(audit_share=0.0)).rule == "auto_authentic"
-    assert route(_item(audit_draw=0.9999), PolicyConfig(audit_share=1.0)).rule == "audit_sample"
-    # Only would-be automatic verdicts are sampled: the others go to a reviewer anyway.
-    assert route(_item(p_authentic=0.5, audit_draw=0.0), POLICY).rule == "uncertain"
+    everything = PolicyConfig(audit_share=1.0, audit_share_while_unsupported=1.0)
+    assert route(_item(audit_draw=0.9999), everything).rule == "audit_sample"
+
+
+def test_the_audit_sample_is_drawn_from_everything_the_model_may_judge() -> None:
+    """Sure or not, an item the certification covers is drawn at the same rate, so the audited
+    items are a simple random sample of that traffic; the reason stays blind."""
+    sure = route(_item(audit_draw=0.0), POLICY)
+    unsure = route(_item(log_odds=0.5, audit_draw=0.0), POLICY)
+    assert sure.rule == unsure.rule == "audit_sample" and sure.reasons == unsure.reasons
+    assert "4.6" not in sure.reasons[0] and "0.99" not in sure.reasons[0]
+    assert route(_item(log_odds=0.5, audit_draw=0.02), POLICY).rule == "uncertain"
+    # Items the certification does not cover are never drawn: their own rule holds.
+    assert route(_item(shown_regions=("logo",), audit_draw=0.0), POLICY).rule == "missing_region"
+    assert route(_item(member_tier="master", audit_draw=0.0), POLICY).rule == "vip_tier"
+    assert route(_item(category="shoe", audit_draw=0.0), POLICY).rule == "unknown_category"
+
+
+def test_the_audit_share_is_raised_while_a_side_is_unsupported() -> None:
+    """Evidence accumulates fastest where it is missing: 25% by default while either of the
+    card's thresholds is None, `audit_share` (2%) once both are supported."""
+    for card in (Thresholds(2.9, None), Thresholds(None, -2.9), Thresholds(None, None), None):
+        drawn = route(_item(thresholds=card, audit_draw=0.2499), POLICY)
+        assert drawn.rule == "audit_sample", card
+        assert "25% of the items" in drawn.reasons[0]
+        assert route(_item(thresholds=card, audit_draw=0.25), POLICY).rule != "audit_sample"
+    assert route(_item(audit_draw=0.2499), POLICY).rule == "auto_authentic"
+    custom = PolicyConfig(audit_share=0.05, audit_share_while_unsupported=0.5)
+    assert route(_item(thresholds=Thresholds(2.9, None), audit_draw=0.49), custom).rule == (
+        "audit_sample"
+    )
+    assert route(_item(audit_draw=0.049), custom).rule == "audit_sample"
+    assert route(_item(audit_draw=0.05), custom).rule == "auto_authentic"
 
 
 # --- the order ----------------------------------------------------------------------------------
@@ -180,7 +269,7 @@ def test_a_vip_high_value_item_gets_two_reviews_and_both_reasons() -> None:
 
 def test_earlier_rules_win_but_high_value_keeps_two_reviews() -> None:
     dear = 60_000.0
-    down = route(_item(model_ready=False, p_authentic=None, declared_value_cny=dear), POLICY)
+    down = route(_item(model_ready=False, log_odds=None, declared_value_cny=dear), POLICY)
     assert down.rule == "model_unavailable" and down.reviews_required == 2
     assert any("two reviewers" in reason for reason in down.reasons)
     unknown = route(
@@ -191,36 +280,37 @@ def test_earlier_rules_win_but_high_value_keeps_two_reviews() -> None:
     vip = route(_item(member_tier="collector", human_review_requested=True), POLICY)
     assert vip.rule == "vip_tier" and vip.reviews_required == 1
     # Policy rules come before the score: a VIP's uncertain item is routed as a VIP's.
-    assert route(_item(member_tier="collector", p_authentic=0.5), POLICY).rule == "vip_tier"
-    asked = route(_item(human_review_requested=True, p_authentic=0.5), POLICY)
+    assert route(_item(member_tier="collector", log_odds=0.5), POLICY).rule == "vip_tier"
+    asked = route(_item(human_review_requested=True, log_odds=0.5), POLICY)
     assert asked.rule == "member_requested"
 
 
 # --- thresholds ---------------------------------------------------------------------------------
 
 
-def test_policy_thresholds_replace_the_cards_where_set() -> None:
-    stricter = PolicyConfig(authentic_at=0.995)
-    assert route(_item(p_authentic=0.99), stricter).rule == "uncertain"
-    assert route(_item(p_authentic=0.996), stricter).rule == "auto_authentic"
+def test_policy_thresholds_apply_where_stricter_than_the_cards() -> None:
+    stricter = PolicyConfig(authentic_at=5.0)
+    assert route(_item(log_odds=4.6), stricter).rule == "uncertain"
+    assert route(_item(log_odds=5.0), stricter).rule == "auto_authentic"
     # The card's counterfeit threshold still holds where the policy sets none.
-    assert route(_item(p_authentic=0.04), stricter).rule == "auto_counterfeit"
-    assert route(_item(p_authentic=0.15), PolicyConfig(counterfeit_at=0.2)).outcome == "counterfeit"
+    assert route(_item(log_odds=-4.6), stricter).rule == "auto_counterfeit"
+    assert route(_item(log_odds=-3.5), PolicyConfig(counterfeit_at=-4.0)).rule == "uncertain"
+    assert effective_thresholds(CARD, PolicyConfig(authentic_at=5.0, counterfeit_at=-4.0)) == (
+        Thresholds(5.0, -4.0)
+    )
+    # A looser override (refused when the service starts or switches models:
+    # serving/policy/overrides.py) never loosens the card here either, nor switches on a side.
+    assert effective_thresholds(CARD, PolicyConfig(authentic_at=1.0, counterfeit_at=-1.0)) == CARD
     both = PolicyConfig(authentic_at=0.9, counterfeit_at=0.1)
-    assert effective_thresholds(None, both) == Thresholds(0.9, 0.1)
-    assert route(_item(thresholds=None, p_authentic=0.92), both).rule == "auto_authentic"
+    assert effective_thresholds(Thresholds(None, -2.9), both) == Thresholds(None, -2.9)
+    assert effective_thresholds(None, both) == Thresholds(None, None)
 
 
 def test_without_any_threshold_nothing_is_decided_alone() -> None:
-    decision = route(_item(thresholds=Thresholds(None, None), p_authentic=0.999), POLICY)
+    decision = route(_item(thresholds=Thresholds(None, None), log_odds=9.0), POLICY)
     assert decision.rule == "uncertain" and "no thresholds" in decision.reasons[0]
-    one_sided = route(_item(thresholds=Thresholds(0.95, None), p_authentic=0.001), POLICY)
+    one_sided = route(_item(thresholds=Thresholds(2.9, None), log_odds=-9.0), POLICY)
     assert one_sided.rule == "uncertain"
-
-
-def test_overrides_that_cross_the_card_are_refused() -> None:
-    with pytest.raises(PolicyError, match="overrides"):
-        route(_item(p_authentic=0.5), PolicyConfig(counterfeit_at=0.97))
 
 
 # --- bad requests, SLA --------------------------------------------------------------------------
@@ -234,7 +324,7 @@ def test_an_unknown_tier_is_a_policy_error() -> None:
 
 
 def test_out_of_range_request_values_are_refused() -> None:
-    for request in (_item(audit_draw=1.0), _item(audit_draw=-0.1), _item(p_authentic=1.2)):
+    for request in (_item(audit_draw=1.0), _item(audit_draw=-0.1), _item(photo_count=-1)):
         with pytest.raises(ValueError):
             route(request, POLICY)
 
@@ -264,6 +354,8 @@ def test_the_shipped_yaml_holds_the_defaults() -> None:
     assert (loaded.high_value_cny, loaded.audit_share) == (50_000, 0.02)
     assert (loaded.min_photos, loaded.max_photos, loaded.max_photos_per_region) == (2, 12, 4)
     assert loaded.authentic_at is None and loaded.counterfeit_at is None
+    assert loaded.audit_share_while_unsupported == 0.25
+    assert (loaded.counterfeit_share.low, loaded.counterfeit_share.high) == (0.10, 0.30)
 
 
 def _policy_file(tmp_path: Path, text: str) -> Path:
@@ -288,6 +380,12 @@ def test_a_typo_in_a_key_is_refused_with_its_name(tmp_path: Path) -> None:
         ("sla_hours: {explorer: 36}\n", "sla_hours has no entry for tier"),
         ("vip_tiers: [collector, platinum]\n", "platinum"),
         ("authentic_at: 0.3\ncounterfeit_at: 0.4\n", "counterfeit_at"),
+        ("authentic_at: .inf\n", "authentic_at"),
+        ("counterfeit_at: .nan\n", "counterfeit_at"),
+        ("audit_share: 0.3\naudit_share_while_unsupported: 0.2\n", "audit_share_while"),
+        ("audit_share_while_unsupported: 1.5\n", "audit_share_while_unsupported"),
+        ("counterfeit_share: {low: 0.4, high: 0.2}\n", "counterfeit_share"),
+        ("counterfeit_share: {low: 0.0, high: 0.2}\n", "counterfeit_share.low"),
         ("photo_quality: {min_brightness: 250}\n", "min_brightness"),
         ("min_photos: 5\nmax_photos: 3\n", "max_photos"),
         ("audit_share: [0.02\n", "not valid YAML"),
@@ -305,6 +403,12 @@ def test_a_missing_file_is_a_policy_error_and_an_empty_one_the_defaults(tmp_path
     assert load_policy(_policy_file(tmp_path, "# nothing changed\n")) == PolicyConfig()
     partial = load_policy(_policy_file(tmp_path, "high_value_cny: 80000\n"))
     assert partial.high_value_cny == 80_000 and partial.audit_share == 0.02
+
+
+def test_threshold_overrides_are_log_odds(tmp_path: Path) -> None:
+    """Any finite log-odds, not a probability: 6.9 is p 0.999, -4.6 is p 0.01."""
+    loaded = load_policy(_policy_file(tmp_path, "authentic_at: 6.9\ncounterfeit_at: -4.6\n"))
+    assert (loaded.authentic_at, loaded.counterfeit_at) == (6.9, -4.6)
 
 
 # --- photo quality ------------------------------------------------------------------------------

@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from tests.serving_support import Server, form, item_photos, postgres_database, start_server, stop
+from tests.serving_support import (
+    Server,
+    deciding_model,
+    form,
+    item_photos,
+    postgres_database,
+    start_server,
+    stop,
+)
 
 HIGH_VALUE = {"declared_value": "80000"}
 
@@ -286,10 +294,12 @@ def test_gold_items_audit_sample_and_quality_numbers(
     from serving.review.quality import cohen_kappa
 
     assert cohen_kappa([("a", "a"), ("c", "c"), ("a", "c"), ("c", "c")]) == pytest.approx(0.5)
-    # Every automatic decision goes to the audit sample, at thresholds the tiny model reaches.
+    # Every item the model may judge goes to the audit sample, from a card whose thresholds the
+    # tiny model reaches (so what the model alone would have said is a verdict).
     policy = tmp_path / "policy.yaml"
-    policy.write_text("authentic_at: 0.5\ncounterfeit_at: 0.4999\naudit_share: 1.0\n")
-    server = start_server(tmp_path / "data", tiny_model, policy=policy)
+    policy.write_text("audit_share: 1.0\naudit_share_while_unsupported: 1.0\n")
+    model = deciding_model(tiny_model, tmp_path / "deciding-model")
+    server = start_server(tmp_path / "data", model, policy=policy)
     try:
         app, admin = server.key("member_backend"), server.key("admin")
         alice, senior = server.key("reviewer"), server.key("senior")
@@ -330,7 +340,9 @@ def test_gold_items_audit_sample_and_quality_numbers(
 
 # -- the SLA clock: stopped while the member is to send photos -------------------------------------
 
-AUTO_POLICY = "authentic_at: 0.5\ncounterfeit_at: 0.4999\naudit_share: 0.0\n"
+# No audit draw: with a card whose thresholds the tiny model reaches (`deciding_model`),
+# decisions are automatic.
+AUTO_POLICY = "audit_share: 0.0\n"
 
 
 def _age(server: Server, appraisal_id: str, hours: float) -> None:
@@ -407,7 +419,8 @@ def test_a_decision_the_model_takes_when_the_photos_arrive_is_never_late(
 ) -> None:
     policy = tmp_path / "policy.yaml"
     policy.write_text(AUTO_POLICY)
-    server = start_server(tmp_path / "data", tiny_model, policy=policy)
+    model = deciding_model(tiny_model, tmp_path / "deciding-model")
+    server = start_server(tmp_path / "data", model, policy=policy)
     try:
         photos = item_photos(tiny_synthetic, 0)
         with server.member_client("m-auto") as member:
@@ -430,7 +443,8 @@ def test_photos_a_reviewer_asked_for_go_back_to_a_reviewer_even_after_a_bad_roun
 
     policy = tmp_path / "policy.yaml"
     policy.write_text(AUTO_POLICY)
-    server = start_server(tmp_path / "data", tiny_model, policy=policy)
+    model = deciding_model(tiny_model, tmp_path / "deciding-model")
+    server = start_server(tmp_path / "data", model, policy=policy)
     dark = ("logo", ("dark.jpg", jpeg(color=(5, 5, 5), noise=False), "image/jpeg"))
     try:
         alice = server.key("reviewer")

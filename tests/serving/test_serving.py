@@ -12,14 +12,19 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.serving_support import Server, announce, form, item_photos, jpeg, start_server, stop
+from tests.serving_support import (
+    Server,
+    announce,
+    deciding_model,
+    form,
+    item_photos,
+    jpeg,
+    start_server,
+    stop,
+)
 
-AUTO_POLICY = """
-# Thresholds the tiny test model can reach, and no audit draw, so that decisions are automatic.
-authentic_at: 0.5
-counterfeit_at: 0.4999
-audit_share: 0.0
-"""
+# No audit draw: with a card whose thresholds the tiny model reaches, decisions are automatic.
+AUTO_POLICY = "audit_share: 0.0\n"
 
 
 @pytest.fixture
@@ -30,10 +35,16 @@ def policy(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def deciding(tmp_path: Path, tiny_model: Path) -> Path:
+    """The tiny model with a card that lets it decide every item it may judge."""
+    return deciding_model(tiny_model, tmp_path / "deciding-model")
+
+
+@pytest.fixture
 def server(
-    tmp_path: Path, tiny_model: Path, database_url: str | None, policy: Path
+    tmp_path: Path, deciding: Path, database_url: str | None, policy: Path
 ) -> Iterator[Server]:
-    running = start_server(tmp_path / "data", tiny_model, database_url, policy)
+    running = start_server(tmp_path / "data", deciding, database_url, policy)
     yield running
     stop(running)
 
@@ -156,10 +167,10 @@ def _png(width: int, height: int) -> bytes:
     return buffer.getvalue()
 
 
-def test_every_bad_upload_gets_its_own_4xx(tmp_path: Path, tiny_model: Path, policy: Path) -> None:
+def test_every_bad_upload_gets_its_own_4xx(tmp_path: Path, deciding: Path, policy: Path) -> None:
     server = start_server(
         tmp_path / "data",
-        tiny_model,
+        deciding,
         policy=policy,
         extra=["--max-request-mb", "2", "--max-photo-mb", "1"],
     )

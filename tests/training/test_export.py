@@ -49,7 +49,12 @@ def test_export_writes_a_model_its_card_and_a_report(
     assert set(card.calibration.item.region_weights) == set(card.regions)
     # Two dozen items cannot bound a 0.5% rate: everything goes to people, and the card says why.
     assert card.thresholds.authentic_at is None
-    assert "736" in card.thresholds.evidence["false_authentic"]["reason"]
+    evidence = card.thresholds.evidence["false_authentic"]
+    assert "no threshold passes" in evidence["reason"] and "plan" in evidence
+    # Certified for a declared range of counterfeit share, on calib's items only.
+    assert card.thresholds.targets.counterfeit_share.high == 0.30
+    assert card.calibration.fitted_on == "val"
+    assert set(card.thresholds.sample.sources) == {"calib"}
     assert card.metrics["coverage"] == 0.0
     assert (tiny_model / "evaluation" / "report.md").exists()
 
@@ -121,6 +126,13 @@ def test_a_corrupt_or_mismatched_card_is_refused(tiny_model: Path, tmp_path: Pat
         load_model_dir(model)
     assert error.value.code == "card_invalid"
 
+    outdated = json.loads(json.dumps(good))
+    outdated["format"] = "touchstone-model-card/1"
+    card_path.write_text(json.dumps(outdated))
+    with pytest.raises(ModelCardError, match="export the model again") as error:
+        load_model_dir(model)
+    assert error.value.code == "card_outdated"
+
     crossed = json.loads(json.dumps(good))
     crossed["thresholds"].update(authentic_at=0.2, counterfeit_at=0.8)
     card_path.write_text(json.dumps(crossed))
@@ -139,6 +151,7 @@ def test_a_corrupt_or_mismatched_card_is_refused(tiny_model: Path, tmp_path: Pat
     two = json.loads(json.dumps(good))
     two["regions"] = ["hardware", "logo"]
     two["calibration"]["item"]["region_weights"] = {"hardware": 1.0, "logo": 1.0}
+    two["thresholds"]["required_regions"] = {}
     card_path.write_text(json.dumps(two))
     with pytest.raises(ModelCardError, match="one column per region") as error:
         OnnxModel(model)
@@ -217,6 +230,14 @@ def test_evaluate_a_foreign_manifest_with_other_regions(
     assert metrics["data"]["unknown_region_photos"] == clasps > 0
     assert metrics["photo"]["count"] == len(out_rows) - 1 - clasps
     assert "stitching/count" not in metrics["photo"]
+    # Both sides of the card's certification, its range and its evidence plan are shown; no
+    # item shows stitching, which the card requires of bags and watches.
+    for words in ("certified for counterfeit share", "authentic side", "counterfeit side"):
+        assert words in shown.stdout
+    assert "more labelled items" in shown.stdout or "separate the classes" in shown.stdout
+    required = load_model_dir(tiny_model).card.thresholds.required_regions
+    needing_stitching = [c for c, regions in required.items() if "stitching" in regions]
+    assert needing_stitching and metrics["decisions"]["missing_region"] > 0
 
 
 def test_int8_export_records_the_accuracy_change_and_refuses_a_loss(

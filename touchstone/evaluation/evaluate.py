@@ -21,6 +21,7 @@ from touchstone.decision import (
     photo_probability,
     sigmoid,
 )
+from touchstone.evaluation.bounds import clopper_pearson_interval, decision_error_rate
 from touchstone.evaluation.calibration import calibration_measures, reliability_bins
 from touchstone.evaluation.metrics import photo_metrics
 from touchstone.evaluation.policy import DecisionPolicy
@@ -34,6 +35,7 @@ from touchstone.evaluation.results import (
     Evaluation,
     ItemProbabilities,
     ItemResults,
+    MixedRates,
     PassedCounterfeit,
     PhotoMeasures,
     PhotoResults,
@@ -41,7 +43,6 @@ from touchstone.evaluation.results import (
     RiskCoverage,
 )
 from touchstone.evaluation.scoring import ItemScores, PhotoScores, item_scores
-from touchstone.evaluation.thresholds import clopper_pearson_interval
 
 CUE_STRENGTH_EDGES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.01)
 
@@ -49,16 +50,20 @@ CUE_STRENGTH_EDGES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.01)
 def evaluate(scores: PhotoScores, policy: DecisionPolicy) -> Evaluation:
     """Everything a report shows about one scored split."""
     items = item_scores(scores)
-    p_item = sigmoid(items.log_odds(policy.aggregation))
-    routes = policy.thresholds.routes(p_item)
+    log_odds = items.log_odds(policy.aggregation)
+    p_item = sigmoid(log_odds)
+    routes = policy.thresholds.routes(log_odds)
+    # An item without a region its category was certified with is never decided alone.
+    incomplete = ~policy.complete(items)
+    routes[incomplete] = HUMAN
     return Evaluation(
         photo=photo_results(scores, policy),
         item=item_results(items, p_item, scores.regions),
-        decisions=decisions(routes, items.labels, policy),
+        decisions=decisions(routes, items.labels, policy, int(incomplete.sum())),
         risk_coverage=risk_coverage(p_item, items.labels),
         counterfeits_by_cue_strength=by_cue_strength(items, routes),
         passed_counterfeits=passed_counterfeits(items, p_item, routes),
-        item_p_authentic=ItemProbabilities(p_item, items.labels),
+        item_p_authentic=ItemProbabilities(p_item, items.labels, log_odds),
     )
 
 
@@ -150,7 +155,9 @@ def error_rate(errors: int, decided: int) -> ErrorRate:
     return ErrorRate(errors, decided, errors / decided if decided else None, (low, high))
 
 
-def decisions(routes: np.ndarray, y: np.ndarray, policy: DecisionPolicy) -> Decisions:
+def decisions(
+    routes: np.ndarray, y: np.ndarray, policy: DecisionPolicy, missing_region: int = 0
+) -> Decisions:
     auto_authentic, auto_counterfeit = routes == AUTO_AUTHENTIC, routes == AUTO_COUNTERFEIT
     correct = (auto_authentic & (y > 0.5)) | (auto_counterfeit & (y < 0.5))
     decided = int((auto_authentic | auto_counterfeit).sum())
@@ -162,6 +169,7 @@ def decisions(routes: np.ndarray, y: np.ndarray, policy: DecisionPolicy) -> Deci
         auto_authentic=int(auto_authentic.sum()),
         auto_counterfeit=int(auto_counterfeit.sum()),
         human=int((routes == HUMAN).sum()),
+        missing_region=missing_region,
         selective_accuracy=float(correct.sum() / decided) if decided else None,
         false_authentic=error_rate(
             int((auto_authentic & (y < 0.5)).sum()), int(auto_authentic.sum())
@@ -170,6 +178,7 @@ def decisions(routes: np.ndarray, y: np.ndarray, policy: DecisionPolicy) -> Deci
             int((auto_counterfeit & (y > 0.5)).sum()), int(auto_counterfeit.sum())
         ),
         targets=RateTargets(policy.targets.false_authentic, policy.targets.false_counterfeit),
+        mixed=mixed_rates(auto_authentic, auto_counterfeit, y, policy),
         confusion={
             truth: {
                 route: int(((y > 0.5) == (truth == "authentic"))[routes == route].sum())
@@ -177,6 +186,32 @@ def decisions(routes: np.ndarray, y: np.ndarray, policy: DecisionPolicy) -> Deci
             }
             for truth in ("authentic", "counterfeit")
         },
+    )
+
+
+def mixed_rates(
+    auto_authentic: np.ndarray, auto_counterfeit: np.ndarray, y: np.ndarray, policy: DecisionPolicy
+) -> MixedRates:
+    share = policy.targets.counterfeit_share
+    authentic, counterfeit = y > 0.5, y < 0.5
+    if not authentic.any() or not counterfeit.any():
+        return MixedRates((share.low, share.high), None, None, None, None)
+    passed = float(auto_authentic[counterfeit].mean())  # counterfeits passed as authentic
+    called = float(auto_counterfeit[authentic].mean())  # authentic items called counterfeit
+    return MixedRates(
+        counterfeit_share=(share.low, share.high),
+        counterfeits_passed=passed,
+        authentic_called=called,
+        false_authentic_at_high=decision_error_rate(
+            passed, float(auto_authentic[authentic].mean()), share.high
+        )
+        if auto_authentic.any()
+        else None,
+        false_counterfeit_at_low=decision_error_rate(
+            called, float(auto_counterfeit[counterfeit].mean()), 1 - share.low
+        )
+        if auto_counterfeit.any()
+        else None,
     )
 
 

@@ -14,7 +14,7 @@ from rich.console import Console
 
 from touchstone.data.manifest import Manifest, ManifestError, PhotoRecord, load_manifest
 from touchstone.evaluation.evaluate import evaluate
-from touchstone.evaluation.policy import policy_from_card
+from touchstone.evaluation.policy import DecisionPolicy, policy_from_card
 from touchstone.evaluation.report import write_report
 from touchstone.evaluation.results import EvaluatedData, EvaluatedModel, Evaluation
 from touchstone.evaluation.scoring import score_records
@@ -24,6 +24,7 @@ from touchstone.inference import OnnxModel
 @dataclass
 class EvaluationResult:
     metrics: Evaluation
+    policy: DecisionPolicy
     report: Path
     split: str
     photos: int
@@ -53,7 +54,7 @@ def evaluate_model_dir(
     )
     title = f"{model.card.name} {model.card.version} on {manifest_path.name} ({split})"
     report = write_report(metrics, policy, Path(out), title)["report"]
-    return EvaluationResult(metrics, report, split, len(known), unknown)
+    return EvaluationResult(metrics, policy, report, split, len(known), unknown)
 
 
 def _photos_to_score(

@@ -16,6 +16,8 @@ from touchstone.evaluation.calibration import CalibrationMeasures, ReliabilityBi
 from touchstone.evaluation.policy import DecisionPolicy
 from touchstone.evaluation.results import ErrorRate, Evaluation
 
+LOG_ODDS_SHOWN = 20.0
+
 
 def write_report(
     metrics: Evaluation, policy: DecisionPolicy, out: Path, title: str
@@ -58,6 +60,7 @@ def _rate_text(rate: ErrorRate) -> str:
 def decision_table(metrics: Evaluation) -> list[tuple[str, str]]:
     """The rows that `make demo` prints and docs/evaluation.md shows."""
     d, item, photo = metrics.decisions, metrics.item, metrics.photo.overall
+    low, high = d.mixed.counterfeit_share
     return [
         ("items", str(d.items)),
         ("coverage (decided alone)", f"{d.coverage:.3f}"),
@@ -66,22 +69,71 @@ def decision_table(metrics: Evaluation) -> list[tuple[str, str]]:
             "auto authentic / human / auto counterfeit",
             f"{d.auto_authentic} / {d.human} / {d.auto_counterfeit}",
         ),
+        ("to people for a missing region", str(d.missing_region)),
         (
             f"false-authentic rate (target {d.targets.false_authentic:.3%})",
             _rate_text(d.false_authentic),
         ),
+        (f"  at {high:.0%} counterfeit share", _fmt(d.mixed.false_authentic_at_high, 4)),
         (
             f"false-counterfeit rate (target {d.targets.false_counterfeit:.1%})",
             _rate_text(d.false_counterfeit),
         ),
+        (f"  at {low:.0%} counterfeit share", _fmt(d.mixed.false_counterfeit_at_low, 4)),
         ("item accuracy / ROC-AUC at p=0.5", f"{_fmt(item.accuracy)} / {_fmt(item.auc)}"),
         ("photo accuracy / ROC-AUC", f"{_fmt(photo.accuracy)} / {_fmt(photo.auc)}"),
         ("AURC (items)", _fmt(metrics.risk_coverage.aurc, 4)),
     ]
 
 
+def certification_table(policy: DecisionPolicy) -> list[tuple[str, str]]:
+    """Each side of the certification: supported or not, and what would support it."""
+    share = policy.targets.counterfeit_share
+    sources = policy.evidence.get("sources", {})
+    rows = [
+        ("certified for counterfeit share", f"{share.low:.0%} to {share.high:.0%} of traffic"),
+        (
+            "certified on",
+            ", ".join(
+                f"{name}: {c.get('authentic', 0)} authentic + {c.get('counterfeit', 0)} counterfeit"
+                for name, c in sources.items()
+            )
+            or "-",
+        ),
+    ]
+    for side, decides in (("false_authentic", "authentic"), ("false_counterfeit", "counterfeit")):
+        evidence = policy.evidence.get(side, {})
+        if evidence.get("supported"):
+            rows.append(
+                (
+                    f"{decides} side",
+                    f"at log-odds {evidence['threshold']:+.3f}: decides "
+                    f"{evidence['class_coverage']:.1%} of {decides} items; rate bound "
+                    f"{evidence['rate_bound']:.3%} (target {evidence['target']:.2%})",
+                )
+            )
+        else:
+            rows.append((f"{decides} side", "not supported: " + _plan_text(evidence)))
+    return rows
+
+
+def _plan_text(evidence: dict[str, Any]) -> str:
+    plan = evidence.get("plan") or {}
+    if not plan:
+        return "no evidence"
+    if not plan.get("reachable"):
+        return plan.get("reason", "not reachable")
+    return (
+        f"about {plan['extra_items']:,} more labelled items ({plan['extra_authentic']:,} "
+        f"authentic, {plan['extra_counterfeit']:,} counterfeit) at the present error rates "
+        f"would support it, deciding {plan['class_coverage']:.0%} of its class"
+    )
+
+
 def markdown(metrics: Evaluation, policy: DecisionPolicy, title: str) -> str:
     lines = [f"# {title}", ""]
+    lines += ["## Certification", "", "| | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in certification_table(policy)] + [""]
     lines += _decisions_section(metrics, policy)
     lines += ["", "## Risk and coverage", "", "![risk-coverage](risk_coverage.png)", ""]
     lines += _calibration_section(metrics, policy)
@@ -101,13 +153,11 @@ def _decisions_section(metrics: Evaluation, policy: DecisionPolicy) -> list[str]
     lines += ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in decision_table(metrics)]
     lines += [
         "",
-        f"Thresholds: authentic at p >= {_fmt(d.authentic_at, 4)}, counterfeit at "
-        f"p <= {_fmt(d.counterfeit_at, 4)} (- : never decided alone on that side).",
+        f"Thresholds on the item's log-odds: authentic at >= {_fmt(d.authentic_at, 4)}, "
+        f"counterfeit at <= {_fmt(d.counterfeit_at, 4)} (- : never decided alone on that side). "
+        "The rates at either end of the declared share come from this split's per-class "
+        "shares.",
     ]
-    for side in ("false_authentic", "false_counterfeit"):
-        reason = policy.evidence.get(side, {}).get("reason")
-        if reason:
-            lines.append(f"- {side.replace('_', '-')}: {reason}.")
     lines += [
         "",
         "![decisions](decisions.png)",
@@ -251,11 +301,13 @@ def _risk_coverage(metrics: Evaluation, out: Path) -> Path:
 
 
 def _decisions(metrics: Evaluation, policy: DecisionPolicy, out: Path) -> Path:
-    p, y = metrics.item_p_authentic.p, metrics.item_p_authentic.labels
+    # Log-odds, as the thresholds compare them; the tails are clipped for display only.
+    z = np.clip(metrics.item_p_authentic.log_odds, -LOG_ODDS_SHOWN, LOG_ODDS_SHOWN)
+    y = metrics.item_p_authentic.labels
     figure, axis = plt.subplots(figsize=(6.5, 3.8))
-    bins = np.linspace(0, 1, 41)
-    axis.hist(p[y > 0.5], bins=bins, alpha=0.6, label="authentic items")
-    axis.hist(p[y < 0.5], bins=bins, alpha=0.6, label="counterfeit items")
+    bins = np.linspace(-LOG_ODDS_SHOWN, LOG_ODDS_SHOWN, 61)
+    axis.hist(z[y > 0.5], bins=bins, alpha=0.6, label="authentic items")
+    axis.hist(z[y < 0.5], bins=bins, alpha=0.6, label="counterfeit items")
     for value, name in (
         (policy.thresholds.authentic_at, "authentic at"),
         (policy.thresholds.counterfeit_at, "counterfeit at"),
@@ -263,7 +315,7 @@ def _decisions(metrics: Evaluation, policy: DecisionPolicy, out: Path) -> Path:
         if value is not None:
             axis.axvline(value, color="black", linestyle="--")
             axis.text(value, axis.get_ylim()[1] * 0.9, f" {name}\n {value:.3f}", fontsize=8)
-    axis.set(xlabel="item p(authentic), calibrated", ylabel="items", yscale="log")
+    axis.set(xlabel="item log-odds of authentic", ylabel="items", yscale="log")
     axis.set_title("item scores and the auto/human thresholds")
     axis.legend(loc="upper center")
     figure.tight_layout()

@@ -135,8 +135,20 @@ class RateTargets:
 
 
 @dataclass(frozen=True)
+class MixedRates:
+    """The decision rates this split's per-class shares give at the two ends of the declared
+    counterfeit share (the split's own mix is only one point in that range)."""
+
+    counterfeit_share: tuple[float, float]
+    counterfeits_passed: float | None  # share of counterfeits decided authentic
+    authentic_called: float | None  # share of authentic items decided counterfeit
+    false_authentic_at_high: float | None
+    false_counterfeit_at_low: float | None
+
+
+@dataclass(frozen=True)
 class Decisions:
-    """The auto/human split at the policy's thresholds."""
+    """The auto/human split at the policy's thresholds (item log-odds)."""
 
     authentic_at: float | None
     counterfeit_at: float | None
@@ -145,10 +157,12 @@ class Decisions:
     auto_authentic: int
     auto_counterfeit: int
     human: int
+    missing_region: int  # sent to people for lacking a region their category requires
     selective_accuracy: float | None
     false_authentic: ErrorRate
     false_counterfeit: ErrorRate
     targets: RateTargets
+    mixed: MixedRates
     confusion: dict[str, dict[str, int]]  # truth -> route -> items
 
 
@@ -181,10 +195,12 @@ class PassedCounterfeit:
 
 @dataclass(frozen=True)
 class ItemProbabilities:
-    """Every item's calibrated p(authentic) and label (1 authentic), for the decisions plot."""
+    """Every item's calibrated p(authentic), log-odds and label (1 authentic), for the
+    decisions plot."""
 
     p: np.ndarray
     labels: np.ndarray
+    log_odds: np.ndarray
 
 
 @dataclass(frozen=True)

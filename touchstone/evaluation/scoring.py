@@ -53,6 +53,7 @@ class ItemScores:
     present: np.ndarray  # (items, regions) bool
     super_fake: np.ndarray  # bool; False when the data does not say
     cue_strength: np.ndarray  # strongest counterfeit cue of the item; nan when unknown
+    regions: tuple[str, ...] = ()  # the columns of `means` and `present`
 
     def log_odds(self, aggregation: ItemAggregation) -> np.ndarray:
         return aggregation.item_log_odds_from_features(self.means)
@@ -75,7 +76,7 @@ def item_scores(scores: PhotoScores) -> ItemScores:
         super_fake[i] |= record.extra.get("super_fake") == "1"
         if record.extra.get("cue_strength"):
             strength[i] = np.fmax(strength[i], float(record.extra["cue_strength"]))
-    return ItemScores(ids, labels, categories, means, present, super_fake, strength)
+    return ItemScores(ids, labels, categories, means, present, super_fake, strength, scores.regions)
 
 
 def prepare_photo(record: PhotoRecord, prep: Preprocessing) -> np.ndarray | None:
