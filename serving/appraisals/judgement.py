@@ -14,10 +14,10 @@ from serving.batching import QueueFull
 from serving.errors import ApiError
 from serving.metrics import ServiceMetrics
 from serving.policy.config import PolicyConfig
-from serving.policy.routing import RoutingDecision, RoutingRequest, effective_thresholds, route
+from serving.policy.routing import RoutingDecision, RoutingRequest, model_alone, route
 from serving.review.tasks import MAX_PHOTO_ROUNDS
 from serving.runtime import ModelRuntime
-from touchstone.decision import HUMAN, missing_regions, sigmoid
+from touchstone.decision import sigmoid
 from touchstone.imaging import to_model_input
 
 
@@ -90,19 +90,23 @@ async def judge(
         p_authentic = float(sigmoid(log_odds))
     # The card's thresholds and required regions: `route` applies the policy's overrides.
     card = runtime.card.thresholds if runtime is not None else None
-    card_thresholds = card.to_thresholds() if card is not None else None
-    required = dict(card.required_regions) if card is not None else {}
-    shown = tuple(dict.fromkeys(p.region for p in scored))
-    model_outcome = None
-    if log_odds is not None:
-        # An item lacking a required region is one the model may not decide alone.
-        model_outcome = (
-            HUMAN
-            if missing_regions(request.category, shown, required)
-            else effective_thresholds(card_thresholds, policy).route(log_odds)
-        )
     unusable = [(p.region, p.problems) for p in new_photos if not p.usable]
     photo_count = len(scored) if model_ready else len([*(earlier or []), *usable])
+    routing = RoutingRequest(
+        member_tier=request.member_tier,
+        category=request.category,
+        declared_value_cny=request.declared_value,
+        photo_count=photo_count,
+        unusable_photos=unusable,
+        model_ready=model_ready,
+        log_odds=log_odds,
+        model_categories=runtime.card.categories if runtime is not None else (),
+        thresholds=card.to_thresholds() if card is not None else None,
+        shown_regions=tuple(dict.fromkeys(p.region for p in scored)),
+        required_regions=dict(card.required_regions) if card is not None else {},
+        audit_draw=random.random(),
+    )
+    model_outcome = model_alone(routing, policy)
     if last_round and (unusable or photo_count < policy.min_photos):
         # The member has tried enough times: a person decides from what there is.
         high_value = (request.declared_value or 0) > policy.high_value_cny
@@ -119,20 +123,6 @@ async def judge(
             sla_hours=policy.sla_for(request.member_tier),
         )
         return Judgement(decision, runtime if model_ready else None, p_authentic, model_outcome)
-    routing = RoutingRequest(
-        member_tier=request.member_tier,
-        category=request.category,
-        declared_value_cny=request.declared_value,
-        photo_count=photo_count,
-        unusable_photos=unusable,
-        model_ready=model_ready,
-        log_odds=log_odds,
-        model_categories=runtime.card.categories if runtime is not None else (),
-        thresholds=card_thresholds,
-        shown_regions=shown,
-        required_regions=required,
-        audit_draw=random.random(),
-    )
     decision = route(routing, policy)
     return Judgement(
         decision, runtime if model_ready else None, p_authentic, model_outcome, routing

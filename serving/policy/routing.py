@@ -46,7 +46,7 @@ from serving.appraisals.status import Status
 from serving.policy.config import PolicyConfig
 from serving.policy.photo_quality import PROBLEM_WORDS
 from serving.review.tasks import AUDIT_SAMPLE
-from touchstone.decision import HUMAN, Thresholds, missing_regions, sigmoid
+from touchstone.decision import HUMAN, Route, Thresholds, missing_regions, sigmoid
 
 Outcome = Literal["authentic", "counterfeit"]
 DecisionPath = Literal["auto", "human"]
@@ -153,6 +153,17 @@ def route(request: RoutingRequest, config: PolicyConfig) -> RoutingDecision:
     )
 
 
+def model_alone(request: RoutingRequest, config: PolicyConfig) -> Route | None:
+    """What the model alone would decide, whatever the policy's other rules say (kept for the
+    audit numbers): None without a score; a person where its certification does not cover the
+    item's regions; else the (effective) thresholds' verdict."""
+    if request.log_odds is None:
+        return None
+    if _missing_regions(request):
+        return HUMAN
+    return effective_thresholds(request.thresholds, config).route(request.log_odds)
+
+
 def sla_due(tier: str, submitted_at: datetime, config: PolicyConfig) -> datetime:
     """When the final verdict is due; keeps `submitted_at`'s time zone (or lack of one)."""
     return submitted_at + timedelta(hours=config.sla_for(tier))
@@ -179,6 +190,10 @@ def _photo_reasons(request: RoutingRequest, config: PolicyConfig) -> list[str]:
     return reasons
 
 
+def _missing_regions(request: RoutingRequest) -> list[str]:
+    return missing_regions(request.category, request.shown_regions, dict(request.required_regions))
+
+
 def _model_rules(request: RoutingRequest) -> list[tuple[str, str]]:
     """Why the model's score cannot be used for this item, if it cannot: the model is down,
     or every reason the certification does not cover the item."""
@@ -198,9 +213,7 @@ def _model_rules(request: RoutingRequest) -> list[tuple[str, str]]:
                 f"the model was not trained on {what} (it knows {', '.join(known)})",
             )
         )
-    missing = missing_regions(
-        request.category, request.shown_regions, dict(request.required_regions)
-    )
+    missing = _missing_regions(request)
     if missing:
         category = request.category or ""
         whose = (

@@ -70,9 +70,16 @@ def allowed_ratio(target: float, wrong_prevalence: float) -> float:
     return target / (1 - target) * (1 - wrong_prevalence) / wrong_prevalence
 
 
+def coverage_lower(decided: int, n_right: int, spec: SideSpec) -> float:
+    """The lower bound of the share of its class a threshold decides (`decided` of `n_right`),
+    valid at every threshold at once."""
+    if n_right == 0:
+        return 0.0
+    return max(0.0, decided / n_right - dkw_margin(n_right, spec.per_bound))
+
+
 def passes(errors: int, n_wrong: int, decided: int, n_right: int, spec: SideSpec) -> bool:
     """Whether a threshold that decides `errors` of `n_wrong` and `decided` of `n_right` items
     bounds the side's decision error rate under its target."""
-    right_low = max(0.0, decided / n_right - dkw_margin(n_right, spec.per_bound)) if n_right else 0
     upper = clopper_pearson_upper(errors, n_wrong, spec.per_bound)
-    return upper <= spec.ratio * right_low
+    return upper <= spec.ratio * coverage_lower(decided, n_right, spec)

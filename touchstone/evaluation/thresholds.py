@@ -46,8 +46,8 @@ from touchstone.decision import Thresholds
 from touchstone.evaluation.bounds import (
     SideSpec,
     clopper_pearson_upper,
+    coverage_lower,
     decision_error_rate,
-    dkw_margin,
 )
 from touchstone.evaluation.evidence_plan import evidence_plan
 from touchstone.evaluation.targets import ShareRange, Targets
@@ -63,7 +63,6 @@ def certify_side(
     candidates must lie above it (where the other side's decisions begin). Returns the laxest
     passing threshold."""
     each, ratio = spec.per_bound, spec.ratio
-    margin = dkw_margin(len(right), each)
     candidates = np.unique(right)[::-1]
     if stricter_than is not None:
         # Dropping the laxest candidates only shortens the sequence: still a valid test.
@@ -83,7 +82,7 @@ def certify_side(
     started = False
     for t in candidates:
         right_decided = n_right - int(np.searchsorted(right_sorted, t, side="left"))
-        right_low = max(0.0, right_decided / n_right - margin) if n_right else 0.0
+        right_low = coverage_lower(right_decided, n_right, spec)
         allowed = ratio * right_low
         if not started:
             # Label-free for the wrong class: skip thresholds no error-free result could pass.
