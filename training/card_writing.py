@@ -41,6 +41,8 @@ class FittedModel:
     onnx_path: Path
     policy: DecisionPolicy
     held_out: Evaluation
+    # Every photo it scored, by split: for analyses that would otherwise score them again.
+    scores: dict[str, PhotoScores]
 
 
 def calibration_splits(manifest: Manifest, config: TrainConfig) -> dict[str, list[PhotoRecord]]:
@@ -75,8 +77,9 @@ def fit_and_evaluate(
             description=f"scoring {split}",
         )
 
-    policy = fit_policy(score("val"), score("calib"), targets)
-    return FittedModel(onnx_path, policy, evaluate(score(held_out_name), policy))
+    scores = {split: score(split) for split in dict.fromkeys(("val", "calib", held_out_name))}
+    policy = fit_policy(scores["val"], scores["calib"], targets)
+    return FittedModel(onnx_path, policy, evaluate(scores[held_out_name], policy), scores)
 
 
 def card_metrics(

@@ -30,6 +30,9 @@ class ModelConfig(_Strict):
     # The side the model sees; None takes it from the model's pretrained config.
     img_size: int | None = Field(None, ge=32, le=1024)
     drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
+    # Stochastic depth: each residual block is skipped at random in training, up to this rate
+    # in the last block (timm's drop_path_rate). It regularises; inference is unchanged.
+    drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0)
 
 
 class DataConfig(_Strict):

@@ -20,6 +20,7 @@ from touchstone.data.manifest import Manifest, PhotoRecord, load_manifest
 from touchstone.evaluation.policy import DecisionPolicy, policy_from_card
 from touchstone.evaluation.report import write_report
 from touchstone.evaluation.results import Evaluation
+from touchstone.evaluation.scoring import PhotoScores
 from touchstone.evaluation.thresholds import Targets
 from touchstone.model_card import ONNX_FILE, ModelCard
 from touchstone.registry import log_export
@@ -53,6 +54,7 @@ class ExportResult:
     parity_max_abs_diff: float
     report: Path
     registered_version: str | None = None
+    scores: dict[str, PhotoScores] | None = None  # by split, as the shipped model scored them
 
     @property
     def policy(self) -> DecisionPolicy:
@@ -100,7 +102,7 @@ def export_run(
     card.write(out)
     title = f"{card.name}: {held_out_name} split"
     report = write_report(fitted.held_out, fitted.policy, out / "evaluation", title)["report"]
-    result = ExportResult(out, card, fitted.held_out, worst, report)
+    result = ExportResult(out, card, fitted.held_out, worst, report, scores=fitted.scores)
     if register and trained.config.tracking.enabled:
         tracking = trained.config.tracking
         result.registered_version = log_export(

@@ -44,7 +44,9 @@ class BuiltModel:
 
 def create_model(model: ModelConfig, data: DataConfig, regions: tuple[str, ...]) -> BuiltModel:
     """Build the network and the preprocessing its weights expect (timm's pretrained config)."""
-    backbone = create_backbone(model.arch, model.pretrained, model.pretrained_file, model.drop_rate)
+    backbone = create_backbone(
+        model.arch, model.pretrained, model.pretrained_file, model.drop_rate, model.drop_path_rate
+    )
     resolved = resolve_model_data_config(backbone)
     size = model.img_size or int(resolved["input_size"][-1])
     interpolation = resolved.get("interpolation", "bicubic")

@@ -18,20 +18,25 @@ class WeightsError(RuntimeError):
 
 
 def create_backbone(
-    arch: str, pretrained: str, pretrained_file: Path | None, drop_rate: float
+    arch: str,
+    pretrained: str,
+    pretrained_file: Path | None,
+    drop_rate: float,
+    drop_path_rate: float = 0.0,
 ) -> nn.Module:
     """A timm network without its classifier (num_classes=0), weights loaded as asked."""
+    regularisation = {"drop_rate": drop_rate, "drop_path_rate": drop_path_rate}
     if not timm.is_model(arch):
         raise WeightsError(f"unknown timm architecture {arch!r}")
     if pretrained == "hub":
         try:
-            return timm.create_model(arch, pretrained=True, num_classes=0, drop_rate=drop_rate)
+            return timm.create_model(arch, pretrained=True, num_classes=0, **regularisation)
         except Exception as exc:  # no network, no cache: say what to do instead
             raise WeightsError(
                 f"could not fetch {arch} weights from the hub ({type(exc).__name__}: {exc}); "
                 "offline, set model.pretrained=file with model.pretrained_file"
             ) from exc
-    model = timm.create_model(arch, pretrained=False, num_classes=0, drop_rate=drop_rate)
+    model = timm.create_model(arch, pretrained=False, num_classes=0, **regularisation)
     if pretrained == "file":
         if pretrained_file is None:
             raise WeightsError("model.pretrained=file needs model.pretrained_file")

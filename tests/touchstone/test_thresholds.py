@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from touchstone.config_files import load_yaml_model
 from touchstone.data.manifest import PhotoRecord
+from touchstone.data.synth import SynthConfig
 from touchstone.decision import (
     ItemAggregation,
     Thresholds,
@@ -33,6 +35,7 @@ from touchstone.evaluation.scoring import PhotoScores
 from touchstone.evaluation.thresholds import ShareRange, Targets, certify
 
 REGIONS = ("hardware", "stitching", "logo")
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def draw_class(rng: np.random.Generator, n: int, authentic: bool) -> np.ndarray:
@@ -121,6 +124,29 @@ def test_too_little_evidence_says_how_much_more_would_do() -> None:
         again, _ = certify(*draw_items(more, n), Targets())
         supported += again.authentic_at is not None
     assert supported >= 8
+
+
+def certifies_both_sides_of_a_perfect_model(items: int, calib: float, share: float) -> bool:
+    """Whether a calib split of this size and mix certifies both sides when the model ranks
+    every authentic item above every counterfeit: the most a model can do."""
+    counterfeits = round(items * calib * share)
+    authentic = round(items * calib) - counterfeits
+    z = np.r_[np.linspace(2.0, 8.0, authentic), np.linspace(-8.0, -2.0, counterfeits)]
+    y = np.r_[np.ones(authentic), np.zeros(counterfeits)]
+    thresholds, _ = certify(z, y, Targets())
+    return thresholds.sides == 2
+
+
+def test_the_demo_hold_out_can_certify_both_sides_of_a_good_model() -> None:
+    """The demo's hold-out is sized so that the model, not the sample, limits what is decided
+    alone. The counterfeit side is bounded by authentic items (at a 10% floor of counterfeit
+    traffic a 2% false-counterfeit rate allows 0.23 authentic items called counterfeit per
+    counterfeit decided): the earlier hold-out, 3,000 calib items at 40%, had too few even for
+    a perfect model."""
+    config = load_yaml_model(ROOT / "configs" / "synthetic-phone-holdout.yaml", SynthConfig)
+    calib = config.fractions[2]
+    assert certifies_both_sides_of_a_perfect_model(config.items, calib, config.counterfeit_share)
+    assert not certifies_both_sides_of_a_perfect_model(4000, 0.75, 0.4)
 
 
 def test_a_perfect_looking_but_wrong_score_is_not_trusted() -> None:

@@ -16,6 +16,7 @@ import torch
 from onnx import numpy_helper
 
 from touchstone.data.manifest import load_manifest
+from touchstone.evaluation.scoring import score_records
 from touchstone.imaging import decode_photo
 from touchstone.inference import OnnxModel
 from touchstone.model_card import ModelCardError, load_model_dir
@@ -252,7 +253,13 @@ def test_int8_export_records_the_accuracy_change_and_refuses_a_loss(
         change["item_accuracy_int8"] - change["item_accuracy_fp32"]
     )
     assert change["int8_bytes"] < change["fp32_bytes"]
-    OnnxModel(result.model_dir)  # loads and matches its card
+    shipped = OnnxModel(result.model_dir)  # loads and matches its card
+    # The scores export keeps for analyses are the shipped int8 model's, split by split.
+    assert set(result.scores) == {"val", "calib", "test"}
+    test = result.scores["test"]
+    assert {r.split for r in test.records} == {"test"}
+    again = score_records(test.records[:8], shipped.predict, shipped.preprocessing, card.regions)
+    assert np.abs(again.log_odds - test.log_odds[:8]).max() <= 1e-5
 
     # Any loss at all is too much here, so the export must refuse without --force.
     monkeypatch.setattr(quantization, "MAX_INT8_ITEM_ACCURACY_DROP", -1.0)

@@ -141,8 +141,32 @@ def test_a_run_monitored_on_item_log_loss_keeps_the_epoch_with_the_lowest(
         ("optim.monitor=val_item_logloss", "monitor"),  # a metric that is not logged
         ("optim.backbone_lr_scale=0", "backbone_lr_scale"),
         ("optim.head_epochs=2", "head_epochs"),  # as long as the run: the backbone never trains
+        ("model.drop_path_rate=1.0", "drop_path_rate"),  # every block skipped
     ],
 )
 def test_a_config_that_names_an_option_wrong_is_refused(override: str, named: str) -> None:
     with pytest.raises(ConfigError, match=named):
         load_config(TINY, [override])
+
+
+def test_stochastic_depth_skips_blocks_in_training_and_never_in_evaluation() -> None:
+    """`model.drop_path_rate` reaches timm: in training a residual block is sometimes skipped
+    (two passes over the same batch differ), and evaluation, hence export, is unaffected."""
+    from training.models import create_model
+
+    config = load_config(TINY, ["model.drop_path_rate=0.5"])
+    net = create_model(config.model, config.data, ("logo",)).net
+    with torch.no_grad():  # timm starts residual branches at zero: skipping one would show nothing
+        for parameter in net.parameters():
+            parameter.normal_(0.0, 0.5)
+    plain = load_config(TINY)
+    without = create_model(plain.model, plain.data, ("logo",)).net
+    without.load_state_dict(net.state_dict())
+    images = torch.randn(4, 3, 64, 64)
+    torch.manual_seed(0)
+    net.eval(), without.eval()
+    with torch.no_grad():
+        assert torch.equal(net(images), without(images))
+        net.train()
+        passes = [net(images) for _ in range(4)]
+    assert any(not torch.equal(passes[0], other) for other in passes[1:])
