@@ -217,6 +217,15 @@ def loose_coverage(variant: str, targets: tuple[float, float] = LOOSE) -> float:
     return evaluate(photo_scores(variant, "test"), policy).decisions.coverage
 
 
+def passed_with_authentic_share(
+    authentic: np.ndarray, counterfeit: np.ndarray, share: float
+) -> tuple[float, np.ndarray]:
+    """The item log-odds threshold that passes `share` of the authentic items, and which
+    counterfeits it passes with them."""
+    threshold = float(np.quantile(authentic, 1 - share))
+    return threshold, counterfeit >= threshold
+
+
 def counterfeits_passed(variant: str, split: str = "calib", authentic_share: float = 0.5):
     """What stands in the authentic side's way: at the threshold that passes `authentic_share`
     of the split's authentic items (the card's item rule), the counterfeits passed with them,
@@ -227,13 +236,15 @@ def counterfeits_passed(variant: str, split: str = "calib", authentic_share: flo
     items = item_scores(photo_scores(variant, split))
     log_odds = items.log_odds(load_model_dir(RUNS / variant / "model").card.aggregation())
     authentic = items.labels > 0.5
-    threshold = np.quantile(log_odds[authentic], 1 - authentic_share)
-    passed = ~authentic & (log_odds >= threshold)
+    super_fake = items.super_fake[~authentic]
+    _, passed = passed_with_authentic_share(
+        log_odds[authentic], log_odds[~authentic], authentic_share
+    )
     return (
         int(passed.sum()),
-        int((passed & items.super_fake).sum()),
+        int((passed & super_fake).sum()),
         int((~authentic).sum()),
-        int((~authentic & items.super_fake).sum()),
+        int(super_fake.sum()),
     )
 
 
